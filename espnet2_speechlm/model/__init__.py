@@ -1,0 +1,4 @@
+from .config import LossWeights, ModelConfig
+from .speechlm import MultiStreamLM
+
+__all__ = ["LossWeights", "ModelConfig", "MultiStreamLM"]

@@ -1,0 +1,105 @@
+"""Weighted multi-stream cross-entropy with per-modality reporting.
+
+Pure functions of tensors: ``multistream_loss`` takes the head's logits and
+the shifted targets and returns (weighted loss sum, number of real frames,
+statistics).  The caller divides, so that a distributed trainer can divide
+by the frame count of the whole global batch instead of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..vocab import PAD, JointVocab
+from .config import LossWeights
+
+# token categories for reporting (index into CATEGORY_NAMES)
+CATEGORY_NAMES = ("pad", "special", "semantic", "acoustic", "text")
+
+
+def category_table(vocab: JointVocab) -> torch.Tensor:
+    """``[V]`` long: category of every id (see CATEGORY_NAMES)."""
+    table = torch.full((vocab.size,), 1, dtype=torch.long)  # specials
+    table[PAD] = 0
+    for b in vocab.blocks:
+        if b.name in CATEGORY_NAMES:
+            table[b.start : b.end] = CATEGORY_NAMES.index(b.name)
+        else:  # an extra modality is reported and weighted like text
+            table[b.start : b.end] = CATEGORY_NAMES.index("text")
+    return table
+
+
+def weight_per_category(w: LossWeights) -> torch.Tensor:
+    return torch.tensor([w.pad, w.special, w.semantic, w.acoustic, w.text], dtype=torch.float32)
+
+
+def acoustic_local_targets(targets: torch.Tensor, acoustic_index: torch.Tensor) -> torch.Tensor:
+    """Global ids of streams 1..N-1 ``[..., N-1]`` -> index into the restricted
+    sub-vocabulary (``<pad>`` -> 0, code c of the stream's codebook -> 1 + c).
+    Anything else is an error in the data: it is mapped to -1."""
+    starts = acoustic_index[:, 1]  # first code id of each stream's codebook
+    size = acoustic_index.shape[1] - 1
+    local = targets - starts + 1
+    ok = (local >= 1) & (local <= size)
+    local = torch.where(targets == PAD, torch.zeros_like(local), torch.where(ok, local, torch.full_like(local, -1)))
+    return local
+
+
+def multistream_loss(
+    logits0: torch.Tensor,
+    logits_rest: torch.Tensor | None,
+    targets: torch.Tensor,
+    loss_mask: torch.Tensor,
+    categories: torch.Tensor,
+    cat_weights: torch.Tensor,
+    acoustic_index: torch.Tensor | None,
+):
+    """
+    logits0      [B, S, V]              stream 0 over the whole vocabulary
+    logits_rest  [B, S, N-1, V'] | None streams >= 1 (V' = 1 + C when restricted)
+    targets      [B, S, N]              global ids (the input shifted by one step)
+    loss_mask    [B, S, N] bool         which target tokens are in the loss
+    categories   [V] long               category_table(vocab)
+    cat_weights  [5] float              weight per category
+    """
+    B, S, N = targets.shape
+    cat = categories[targets]  # [B, S, N]
+    w = cat_weights.to(logits0.dtype if logits0.is_floating_point() else torch.float32)[cat] * loss_mask
+    w = w.float()
+    ce0 = F.cross_entropy(logits0.float().reshape(B * S, -1), targets[..., 0].reshape(-1), reduction="none").view(B, S)
+    ce = [ce0]
+    correct = [(logits0.argmax(-1) == targets[..., 0])]
+    if N > 1:
+        t_rest = targets[..., 1:]
+        if acoustic_index is not None and acoustic_index.numel():
+            t_rest = acoustic_local_targets(t_rest, acoustic_index)
+            if bool(((t_rest < 0) & loss_mask[..., 1:]).any()):
+                bad = targets[..., 1:][(t_rest < 0) & loss_mask[..., 1:]][:5].tolist()
+                raise ValueError(f"streams >= 1 hold ids that are neither <pad> nor a code of their codebook: {bad}")
+            t_rest = t_rest.clamp_min(0)
+        V2 = logits_rest.shape[-1]
+        ce_rest = F.cross_entropy(logits_rest.float().reshape(-1, V2), t_rest.reshape(-1), reduction="none").view(B, S, N - 1)
+        ce.append(ce_rest)
+        correct.append(logits_rest.argmax(-1) == t_rest)
+    ce = torch.cat([ce[0].unsqueeze(-1)] + ce[1:], dim=-1) if N > 1 else ce[0].unsqueeze(-1)
+    correct = torch.cat([correct[0].unsqueeze(-1)] + correct[1:], dim=-1) if N > 1 else correct[0].unsqueeze(-1)
+
+    loss_sum = (ce * w).sum()
+    # real frames: stream-0 targets in the loss that are not <pad>
+    num_frames = (loss_mask[..., 0] & (targets[..., 0] != PAD)).sum()
+
+    with torch.no_grad():
+        stats = {}
+        in_loss = loss_mask & (targets != PAD)
+        for i, name in enumerate(CATEGORY_NAMES[1:], start=1):
+            sel = in_loss & (cat == i)
+            n = sel.sum()
+            if n > 0:
+                stats[f"loss_{name}"] = (ce[sel].sum() / n).item()
+        for n in range(N):
+            sel = in_loss[..., n]
+            cnt = sel.sum()
+            if cnt > 0:
+                stats[f"acc_stream{n}"] = (correct[..., n][sel].float().sum() / cnt).item()
+    return loss_sum, num_frames, stats

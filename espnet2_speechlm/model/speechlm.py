@@ -1,0 +1,222 @@
+"""The multi-stream speech-text LM around a Hugging Face decoder-only body.
+
+One step of the LM sees one delayed frame: the N stream tokens are embedded
+with the body's (resized) input embedding and summed, the body runs once per
+step, and the head turns the last hidden state into N predictions.  Any
+``AutoModelForCausalLM`` whose decoder accepts ``inputs_embeds`` works
+(Llama/SmolLM2, OLMo-2, Qwen2, ...).
+
+Saved layout (``save_pretrained`` / ``from_pretrained``)::
+
+    config.json         the body's Hugging Face config (vocab_size = joint size)
+    speechlm.yaml       ModelConfig (loss weights, head, vocabulary fingerprint)
+    vocab.json          the joint vocabulary (read back, never recomputed)
+    model.safetensors   all weights
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import config as cfgmod
+from ..interleave import delay
+from ..vocab import PAD, JointVocab, VocabError
+from .config import ModelConfig
+from .heads import HEADS, MultiStreamEmbedding
+from .loss import category_table, multistream_loss, weight_per_category
+
+
+class ContextLengthError(ValueError):
+    pass
+
+
+def _decoder_of(lm: nn.Module) -> nn.Module:
+    get = getattr(lm, "get_decoder", None)
+    dec = get() if callable(get) else None
+    if dec is None or dec is lm:
+        dec = getattr(lm, "model", None)
+    if dec is None:
+        raise TypeError(f"{type(lm).__name__}: cannot find the decoder body (no get_decoder() / .model)")
+    return dec
+
+
+class MultiStreamLM(nn.Module):
+    def __init__(self, lm: nn.Module, vocab: JointVocab, cfg: ModelConfig):
+        """Wrap ``lm`` (a causal LM whose embedding and head already have
+        ``vocab.size`` rows).  Replaces its embedding and head modules by the
+        multi-stream ones, keeping the weights (and their tying)."""
+        super().__init__()
+        if cfg.num_streams != vocab.num_streams:
+            raise VocabError(f"model config has num_streams={cfg.num_streams}, the vocabulary {vocab.num_streams}")
+        self.vocab = vocab
+        self.cfg = cfg
+        self.lm = lm
+        old_emb = lm.get_input_embeddings()
+        old_head = lm.get_output_embeddings()
+        V, D = old_emb.weight.shape
+        if V != vocab.size:
+            raise VocabError(f"vocabulary has {vocab.size} ids but the body's embedding has {V} rows")
+        emb = MultiStreamEmbedding(V, D, padding_idx=PAD, _weight=old_emb.weight.data, _freeze=False)
+        emb.weight = old_emb.weight  # same Parameter: keeps any tying
+        lm.set_input_embeddings(emb)
+        head_cls = HEADS.get(cfg.head)
+        if head_cls is None:
+            raise ValueError(f"unknown head {cfg.head!r}; known: {sorted(HEADS)}")
+        head = head_cls(D, V, vocab.num_streams, bias=getattr(old_head, "bias", None) is not None)
+        head.weight = old_head.weight
+        if head.bias is not None:
+            head.bias = old_head.bias
+        lm.set_output_embeddings(head)
+        self.body = _decoder_of(lm)
+        if vocab.num_streams > 1 and cfg.restrict_acoustic_logits:
+            rows = []
+            for n in range(1, vocab.num_streams):
+                s, e = vocab.acoustic_stream_range(n)
+                rows.append(torch.cat([torch.tensor([PAD]), torch.arange(s, e)]))
+            head.set_acoustic_index(torch.stack(rows))
+        self.register_buffer("categories", category_table(vocab), persistent=False)
+        self.register_buffer("cat_weights", weight_per_category(cfg.loss_weights), persistent=False)
+        if cfg.gradient_checkpointing:
+            lm.gradient_checkpointing_enable()
+
+    # ----------------------------------------------------------- properties
+    @property
+    def embed(self) -> MultiStreamEmbedding:
+        return self.lm.get_input_embeddings()
+
+    @property
+    def head(self) -> nn.Module:
+        return self.lm.get_output_embeddings()
+
+    @property
+    def num_streams(self) -> int:
+        return self.vocab.num_streams
+
+    @property
+    def max_steps(self) -> int | None:
+        return getattr(self.lm.config, "max_position_embeddings", None)
+
+    def check_length(self, num_steps: int, what: str = "sequence") -> None:
+        ctx = self.max_steps
+        if ctx is not None and num_steps > ctx:
+            raise ContextLengthError(
+                f"{what} of {num_steps} steps (frames + {self.num_streams - 1} delay steps) is longer than the "
+                f"model's context of {ctx} (max_position_embeddings of the body)"
+            )
+
+    # --------------------------------------------------------------- forward
+    def hidden(self, steps, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+        """``steps [B, S, N]`` delayed global ids -> (last hidden [B, S, D], cache)."""
+        if steps.dim() != 3 or steps.shape[-1] != self.num_streams:
+            raise ValueError(f"expected steps of shape [B, S, {self.num_streams}], got {tuple(steps.shape)}")
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        self.check_length(past + steps.shape[1])
+        x = self.embed(steps)
+        out = self.body(
+            inputs_embeds=x,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+
+    def forward(self, steps: torch.Tensor, loss_mask: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids=None):
+        """Training forward on delayed steps.
+
+        steps         [B, S, N] delayed global ids (``interleave.delay`` of the frames)
+        loss_mask     [B, S, N] bool, delayed the same way: target tokens in the loss
+        attention_mask [B, S] 1 for real steps (right padding), optional
+        Returns ``(loss, stats)`` where loss = weighted CE sum / real frames;
+        ``stats`` holds ``loss_sum`` and ``num_frames`` tensors for global
+        normalisation plus per-modality losses and per-stream accuracies.
+        """
+        inp, tgt = steps[:, :-1], steps[:, 1:]
+        mask = loss_mask[:, 1:]
+        am = attention_mask[:, :-1] if attention_mask is not None else None
+        if attention_mask is not None:
+            mask = mask & attention_mask[:, 1:].bool().unsqueeze(-1)
+        pid = position_ids[:, :-1] if position_ids is not None else None
+        h, _ = self.hidden(inp, am, pid)
+        logits0, rest = self.head(h)
+        loss_sum, num_frames, stats = multistream_loss(
+            logits0, rest, tgt, mask, self.categories, self.cat_weights, getattr(self.head, "acoustic_index", None)
+        )
+        loss = loss_sum / num_frames.clamp_min(1)
+        stats["loss_sum"] = loss_sum.detach()
+        stats["num_frames"] = num_frames.detach()
+        return loss, stats
+
+    # ------------------------------------------------------------ save/load
+    def save_pretrained(self, out_dir: str | os.PathLike, safe_serialization: bool = True) -> Path:
+        """Write the model directory atomically (to ``out_dir.tmp``, then rename)."""
+        from safetensors.torch import save_model
+
+        out_dir = Path(out_dir)
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.lm.config.save_pretrained(tmp)
+        self.cfg.vocab_fingerprint = self.vocab.fingerprint()
+        cfgmod.save(self.cfg, tmp / "speechlm.yaml")
+        self.vocab.save(tmp / "vocab.json")
+        save_model(self, str(tmp / "model.safetensors"))
+        if out_dir.exists():
+            import shutil
+
+            old = out_dir.with_name(out_dir.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+        return out_dir
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu", vocab: JointVocab | None = None):
+        """Load a directory written by :meth:`save_pretrained`.
+
+        ``vocab``: the vocabulary the caller's data was built with; a
+        checkpoint made for another vocabulary is refused with the difference.
+        """
+        from safetensors.torch import load_model
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        model_dir = Path(model_dir)
+        for name in ("config.json", "speechlm.yaml", "vocab.json", "model.safetensors"):
+            if not (model_dir / name).exists():
+                raise FileNotFoundError(f"{model_dir}: missing {name} (not a model directory written by save_pretrained?)")
+        saved_vocab = JointVocab.load(model_dir / "vocab.json")
+        cfg = cfgmod.load(ModelConfig, model_dir / "speechlm.yaml")
+        if cfg.vocab_fingerprint and cfg.vocab_fingerprint != saved_vocab.fingerprint():
+            raise VocabError(
+                f"{model_dir / 'vocab.json'} does not match the checkpoint: fingerprint {saved_vocab.fingerprint()}, "
+                f"the model was trained with {cfg.vocab_fingerprint}"
+            )
+        if vocab is not None:
+            vocab.check_matches(saved_vocab, f"checkpoint {model_dir}")
+        hf_cfg = AutoConfig.from_pretrained(model_dir)
+        if hf_cfg.vocab_size != saved_vocab.size:
+            raise VocabError(f"{model_dir}: config.json has vocab_size {hf_cfg.vocab_size}, vocab.json {saved_vocab.size} ids")
+        lm = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=cfg.attn_implementation, dtype=dtype)
+        model = cls(lm, saved_vocab, cfg)
+        missing, unexpected = load_model(model, str(model_dir / "model.safetensors"), strict=False, device=str(device))
+        if missing or unexpected:
+            raise RuntimeError(f"{model_dir / 'model.safetensors'}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        return model.to(device=device, dtype=dtype)
+
+    # ----------------------------------------------------------- utilities
+    def delayed(self, frames: torch.Tensor) -> torch.Tensor:
+        return delay(frames, PAD)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
