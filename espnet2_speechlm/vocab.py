@@ -262,7 +262,7 @@ class JointVocab:
         """Hash of everything that decides which id means what."""
         key = json.dumps(
             {
-                "blocks": [[b.name, b.start, b.size, b.codebooks] for b in self.blocks],
+                "blocks": sorted([b.name, b.start, b.size, b.codebooks] for b in self.blocks),
                 "specials": sorted(self.specials.items()),
                 "num_streams": self.num_streams,
             },

@@ -192,7 +192,9 @@ def generate(
         for n in range(1, N):
             if s < n:  # frame inside the prompt: copy it
                 for b in range(B):
-                    x[b, n] = prompt_t[b][P[b] + s - n, n]
+                    f = P[b] + s - n
+                    if f >= 0:  # (a very short prompt has nothing before its first frame)
+                        x[b, n] = prompt_t[b][f, n]
                 continue
             g = s - n  # generated frame this stream belongs to
             is_audio = torch.zeros(B, dtype=torch.bool, device=device)
