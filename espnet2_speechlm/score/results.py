@@ -1,0 +1,171 @@
+"""Results tables: ``RESULTS.md`` + ``results.json`` per scored directory.
+
+Every scored decode directory gets two files written side by side:
+
+* ``results.json``: ``{"rows": [ROW, ...]}``, the machine-readable source;
+* ``RESULTS.md``: the same rows as one Markdown table.
+
+A ROW is a dict with the keys of :data:`COLUMNS` (``task``, ``test_set``,
+``metric``, ``value``, ``utterances``, ``model``, ``decode_config``) plus
+optional extra keys (``dir``, ``details``) that the table does not show.
+There is one row per task, test set and metric.  Error rates (WER, CER)
+are in percent; similarities are cosine values in [-1, 1].  A value that is
+undefined (an error rate over zero reference words with insertions) is
+``null`` in JSON and ``n/a`` in the table.
+
+``collect_results(dirs)`` gathers the rows of every ``results.json`` found
+under the given directories (searched recursively) into one table, sorted
+by task, test set, metric, model and decode config, so a recipe's final
+table does not depend on the order in which directories are listed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+COLUMNS = ("task", "test_set", "metric", "value", "utterances", "model", "decode_config")
+HEADERS = ("task", "test set", "metric", "value", "utterances", "model", "decode config")
+RESULTS_MD = "RESULTS.md"
+RESULTS_JSON = "results.json"
+# Metrics whose value is a percentage (shown with two decimals and a % unit).
+PERCENT_METRICS = ("WER", "CER")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temporary file in the same directory, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(value):
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def make_row(task, test_set, metric, value, utterances, model="-", decode_config="-", **extra) -> dict:
+    row = {
+        "task": str(task),
+        "test_set": str(test_set),
+        "metric": str(metric),
+        "value": None if value is None else float(value),
+        "utterances": int(utterances),
+        "model": str(model or "-"),
+        "decode_config": str(decode_config or "-"),
+    }
+    row.update(extra)
+    return _json_safe(row)
+
+
+def format_value(metric: str, value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if metric.upper() in PERCENT_METRICS:
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def _cell(text: str) -> str:
+    # A pipe would split the cell; newlines would end the row.
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Markdown table; the metric column says the unit of error rates."""
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
+    for r in rows:
+        metric = r["metric"]
+        shown = f"{metric} (%)" if metric.upper() in PERCENT_METRICS else metric
+        cells = [
+            r["task"],
+            r["test_set"],
+            shown,
+            format_value(metric, r["value"]),
+            str(r["utterances"]),
+            r.get("model", "-"),
+            r.get("decode_config", "-"),
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str | os.PathLike, rows: Sequence[dict], title: str | None = None, notes: str = "") -> Path:
+    """Write RESULTS.md and results.json into ``out_dir``; returns the .md path."""
+    out_dir = Path(out_dir)
+    for r in rows:
+        missing = [c for c in COLUMNS if c not in r]
+        if missing:
+            raise ValueError(f"result row {r} lacks {missing}")
+    rows = [_json_safe(dict(r)) for r in rows]
+    atomic_write_text(out_dir / RESULTS_JSON, json.dumps({"rows": rows}, indent=2, ensure_ascii=False) + "\n")
+    md = f"# {title or 'Results'}\n\n" + format_table(rows)
+    if notes:
+        md += "\n" + notes.rstrip() + "\n"
+    atomic_write_text(out_dir / RESULTS_MD, md)
+    return out_dir / RESULTS_MD
+
+
+def read_rows(json_path: str | os.PathLike) -> list[dict]:
+    json_path = Path(json_path)
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError(f"{json_path}: expected an object with a 'rows' list")
+    for i, r in enumerate(rows):
+        missing = [c for c in COLUMNS if not isinstance(r, dict) or c not in r]
+        if missing:
+            raise ValueError(f"{json_path}: row {i} lacks {missing}")
+    return rows
+
+
+def find_result_files(dirs: Iterable[str | os.PathLike]) -> list[Path]:
+    found: list[Path] = []
+    for d in dirs:
+        d = Path(d)
+        if d.is_file() and d.name == RESULTS_JSON:
+            found.append(d)
+        elif d.is_dir():
+            hits = sorted(d.rglob(RESULTS_JSON))
+            if not hits:
+                raise FileNotFoundError(f"{d}: no {RESULTS_JSON} found (was the directory scored?)")
+            found.extend(hits)
+        else:
+            raise FileNotFoundError(f"{d}: no such directory")
+    # The same file reached through two arguments counts once.
+    unique = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+def collect_results(dirs: Iterable[str | os.PathLike]) -> list[dict]:
+    """Rows of every results.json under ``dirs``, each tagged with its ``dir``."""
+    rows = []
+    for p in find_result_files(dirs):
+        for r in read_rows(p):
+            r = dict(r)
+            r.setdefault("dir", str(p.parent))
+            rows.append(r)
+    rows.sort(key=lambda r: tuple(str(r[c]) for c in ("task", "test_set", "metric", "model", "decode_config")))
+    return rows
