@@ -123,3 +123,14 @@ def test_bad_examples():
         build_sequence(V, "textlm", {"text": [100]})
     with pytest.raises(SequenceError, match="semantic unit out of range"):
         build_sequence(V, "audiolm", {"speech": np.full((2, N), 50)})
+
+
+def test_show_example_command(tmp_path, capsys):
+    from espnet2_speechlm.bin.show_example import main
+
+    V.save(tmp_path)
+    assert main(["--vocab", str(tmp_path), "--task", "tts", "--frames", "2", "--speaker_frames", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("task=tts") and "<tts_task>" in lines[2] and "<spk_start/end>" in out
+    assert sum(1 for line in lines if " L " in line) == 3  # 2 speech frames + <sos/eos>
