@@ -48,3 +48,53 @@ def collate(seqs: Sequence[SplicedSequence], pad_to_multiple: int = 1) -> dict:
         "prefix_lens": torch.tensor([s.prefix_len for s in seqs], dtype=torch.long),
         "num_pad_steps": int(B * S - lengths.sum()),
     }
+
+
+def collate_packed(rows: Sequence[Sequence[SplicedSequence]], row_len: int | None = None) -> dict:
+    """Packing: each row is several sequences laid end to end (each delayed on
+    its own), so a batch has almost no padding.  Attention stays inside each
+    sequence because ``position_ids`` restart at 0 where a sequence starts and
+    the model is called with ``attention_mask=None``: the Hugging Face body
+    then builds a block-diagonal causal mask from the position ids.  The
+    first step of every packed sequence leaves the loss (it would be
+    "predicted" from the previous sequence's last step).  The padded tail of a
+    row is one more all-pad block with its own positions and no loss.
+
+    -> the keys of :func:`collate` plus ``position_ids [B,S]`` and
+    ``packed=True``; ``attention_mask`` marks real steps (for statistics only).
+    """
+    if not rows or not all(rows):
+        raise ValueError("collate_packed: empty batch or empty row")
+    N = rows[0][0].frames.shape[1]
+    lengths = np.array([sum(len(s.frames) + N - 1 for s in r) for r in rows], dtype=np.int64)
+    S = int(max(lengths.max(), row_len or 0))
+    B = len(rows)
+    steps = np.full((B, S, N), PAD, dtype=np.int64)
+    mask = np.zeros((B, S, N), dtype=bool)
+    pos = np.zeros((B, S), dtype=np.int64)
+    for b, r in enumerate(rows):
+        o = 0
+        for s in r:
+            fr, lm = s.frames, s.loss_mask
+            if fr.shape[1] != N:
+                raise ValueError(f"collate_packed: a sequence has {fr.shape[1]} streams, the first has {N}")
+            T = len(fr)
+            for n in range(N):
+                steps[b, o + n : o + n + T, n] = fr[:, n]
+                mask[b, o + n : o + n + T, n] = lm
+            mask[b, o, :] = False
+            L = T + N - 1
+            pos[b, o : o + L] = np.arange(L)
+            o += L
+        pos[b, o:] = np.arange(S - o)
+    attn = (np.arange(S)[None, :] < lengths[:, None]).astype(np.int64)
+    return {
+        "steps": torch.from_numpy(steps),
+        "loss_mask": torch.from_numpy(mask),
+        "attention_mask": torch.from_numpy(attn),
+        "position_ids": torch.from_numpy(pos),
+        "lengths": torch.from_numpy(lengths),
+        "prefix_lens": torch.tensor([r[0].prefix_len for r in rows], dtype=torch.long),
+        "num_pad_steps": int(B * S - lengths.sum()),
+        "packed": True,
+    }

@@ -1,0 +1,47 @@
+"""Task-sequence splicing stage: one (corpus, task) -> one data directory.
+
+    python -m espnet2_speechlm.bin.splice --task asr --vocab data/vocab.json \
+        --tokens dump/train/tokens.scp --utt2num_frames dump/train/utt2num_frames \
+        --text data/train/text --text_tokenizer data/bpe/tokenizer.json \
+        --out dump/splice/train_asr [--utt2spk data/train/utt2spk --splice_budget 3000] \
+        [--speaker_prompt_len 500] [--max_len 4000] [--loss_region target]
+
+The format of the output is described in ``espnet2_speechlm/data/splice.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data.splice import SpliceError, SpliceOptions, load_text_tokenizer, splice
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=["asr", "tts", "textlm", "audiolm"])
+    p.add_argument("--vocab", required=True, help="vocab.json of the joint vocabulary")
+    p.add_argument("--out", required=True, help="output data directory")
+    p.add_argument("--tokens", help="kaldiio scp of int32 [T, N] local speech tokens")
+    p.add_argument("--utt2num_frames", help="frames per utterance of --tokens")
+    p.add_argument("--text", help="Kaldi text file")
+    p.add_argument("--text_tokenizer", help="'ids', a tokenizer.json (or its directory), or a sentencepiece .model")
+    p.add_argument("--utt2spk", help="utterance -> speaker or recording (long-form splicing, speaker prompts)")
+    p.add_argument("--splice_budget", type=int, default=0, help="concatenate utterances of one speaker up to this many frames")
+    p.add_argument("--speaker_prompt_len", type=int, default=0, help="tts: frames of another utterance of the speaker as prompt")
+    p.add_argument("--max_len", type=int, default=0, help="drop examples longer than this many frames")
+    p.add_argument("--loss_region", default="target", choices=["target", "all"])
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        tok = load_text_tokenizer(a.text_tokenizer) if a.text_tokenizer else None
+        opts = SpliceOptions(a.task, a.loss_region, a.splice_budget, a.speaker_prompt_len, a.max_len, a.seed)
+        splice(a.out, a.vocab, opts, a.tokens, a.utt2num_frames, a.text, tok, a.utt2spk, log=lambda m: print(m, file=sys.stderr))
+    except (SpliceError, FileNotFoundError) as e:
+        print(f"splice: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

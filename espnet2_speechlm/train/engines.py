@@ -1,0 +1,314 @@
+"""Engines: the parallelism wrapped around the (parallelism-free) model.
+
+Every engine has the same small interface, used by the training loop:
+
+    loss, stats = engine.forward(batch)          # model forward (autocast for bf16)
+    engine.backward(stats, global_frames)        # gradient of sum(loss_sum) / global_frames
+    engine.set_lr(lr)                            # before the step's first micro-batch
+    grad_norm = engine.step()                    # clip, optimizer step, zero grads
+    engine.zero_grad()                           # drop accumulated grads (skipped step)
+    engine.save(dir) / engine.load(dir, ...)     # engine-native checkpoint (collective)
+    engine.full_state_dict()                     # full fp32 weights on rank 0 (collective)
+
+Loss normalisation: the loss of the *global* batch is the weighted CE sum
+over every rank and micro-batch divided by the real-frame count of the whole
+global batch (``global_frames``, all-reduced before the first backward).
+DDP, FSDP2 and DeepSpeed average gradients over ranks (and DeepSpeed also
+divides by its accumulation steps), so each micro-batch back-propagates
+``loss_sum * scale / global_frames`` with the scale that undoes that
+averaging.  A gradient that is not reduced across ranks therefore gives a
+different update from one rank on the same global batch (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..model import MultiStreamLM
+from .config import TrainConfig
+
+
+def dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def device_for(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    rank, world, local = dist_env()
+    device = device_for(local)
+    backend = cfg.engine.backend or ("nccl" if device.type == "cuda" else "gloo")
+    if cfg.engine.name == "deepspeed":
+        if device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(k, v)
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend)
+    elif world > 1 or cfg.engine.name in ("ddp", "fsdp2"):
+        if not dist.is_initialized():
+            if "MASTER_ADDR" not in os.environ:  # a single process without a launcher
+                os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0", WORLD_SIZE="1")
+            dist.init_process_group(backend)
+    if world > 1 and cfg.engine.name == "single":
+        raise ValueError(f"engine 'single' cannot run on {world} ranks; choose ddp, fsdp2 or deepspeed")
+    return rank, world, device
+
+
+def all_reduce_sum(x: float | int, device) -> float:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _adamw(params, cfg: TrainConfig):
+    o = cfg.optim
+    # decoupled weight decay on matrices only; norms, biases and the per-stream embedding are not decayed
+    decay = [p for p in params if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in params if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach=False: the same per-parameter arithmetic whatever the parameter layout (DTensor shards)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=False)
+
+
+def _unique_params(model):
+    return list({id(p): p for p in model.parameters()}.values())
+
+
+class TorchEngine:
+    """single process, DDP, or FSDP2 (``fully_shard`` per decoder layer + root)."""
+
+    def __init__(self, model: MultiStreamLM, cfg: TrainConfig, device: torch.device, world: int):
+        self.cfg, self.device, self.world = cfg, device, world
+        self.model = model.to(device)
+        self.kind = cfg.engine.name
+        self.micro = 0
+        if self.kind == "ddp":
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.wrapped = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        elif self.kind == "fsdp2":
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in getattr(self.model.body, "layers", []):
+                fully_shard(layer)
+            fully_shard(self.model)
+            self.wrapped = self.model
+        else:
+            self.wrapped = self.model
+        self.params = _unique_params(self.model)
+        self.optimizer = _adamw(self.params, cfg)
+
+    def _autocast(self):
+        if self.cfg.engine.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sync_ctx(self, last: bool):
+        if self.kind == "ddp" and not last:
+            return self.wrapped.no_sync()
+        if self.kind == "fsdp2":
+            self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    def forward(self, batch, last_micro: bool = True):
+        self._ctx = self._sync_ctx(last_micro)
+        self._ctx.__enter__()
+        kw = _model_inputs(batch, self.device)
+        with self._autocast():
+            return self.wrapped(**kw)
+
+    def backward(self, loss, stats, global_frames: float):
+        loss_sum = loss * stats["num_frames"].clamp_min(1)
+        (loss_sum * (self.world / max(global_frames, 1.0))).backward()
+        self._ctx.__exit__(None, None, None)
+
+    def abort_micro(self):
+        self._ctx.__exit__(None, None, None)
+
+    def set_lr(self, lr: float):
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def step(self) -> float:
+        clip = self.cfg.optim.clip if self.cfg.optim.clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def zero_grad(self):
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train(self, mode=True):
+        self.wrapped.train(mode)
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, d: Path, rank: int):
+        if self.kind == "fsdp2":
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            msd, osd = get_state_dict(self.model, self.optimizer)
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(d))
+            return
+        if rank == 0:
+            d.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": self.model.state_dict(), "optim": self.optimizer.state_dict()}, d / "state.pt")
+
+    def load(self, d: Path, load_optimizer: bool = True):
+        if self.kind == "fsdp2":
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+            msd, osd = get_state_dict(self.model, self.optimizer)
+            state = {"model": msd, "optim": osd} if load_optimizer else {"model": msd}
+            dcp.load(state, checkpoint_id=str(d))
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state.get("optim", osd) if load_optimizer else {})
+            return
+        f = d / "state.pt"
+        if not f.exists():
+            raise FileNotFoundError(f"{d}: no state.pt (a checkpoint of engine {self.kind!r} was expected; was it written by another engine?)")
+        sd = torch.load(f, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(sd["model"])
+        if load_optimizer:
+            self.optimizer.load_state_dict(sd["optim"])
+
+    def full_state_dict(self) -> dict | None:
+        if self.kind == "fsdp2":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return sd if dist.get_rank() == 0 else None
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO stage 0-3 with a torch AdamW (no compiled ops needed)."""
+
+    def __init__(self, model: MultiStreamLM, cfg: TrainConfig, device: torch.device, world: int):
+        import deepspeed
+
+        self.cfg, self.device, self.world = cfg, device, world
+        self.model = model
+        A = cfg.engine.grad_accum
+        ds = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": A,
+            "gradient_clipping": cfg.optim.clip,
+            "zero_optimization": {"stage": cfg.engine.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+            "bf16": {"enabled": cfg.engine.precision == "bf16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if cfg.engine.deepspeed_config:
+            import json
+
+            p = Path(cfg.engine.deepspeed_config)
+            if not p.exists():
+                raise FileNotFoundError(f"engine.deepspeed_config: {p} not found")
+            user = json.loads(p.read_text())
+            # the trainer owns these: they must agree with its own accounting
+            for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "optimizer", "scheduler"):
+                user.pop(k, None)
+            ds = _merge(ds, user)
+        self.ds_config = ds
+        opt = _adamw(_unique_params(model), cfg)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+        self.A = A
+        self._norm = 0.0
+
+    def forward(self, batch, last_micro: bool = True):
+        kw = _model_inputs(batch, self.engine.device)
+        return self.engine(**kw)
+
+    def backward(self, loss, stats, global_frames: float):
+        loss_sum = loss * stats["num_frames"].clamp_min(1)
+        # DeepSpeed divides by its accumulation steps and averages over ranks
+        self.engine.backward(loss_sum * (self.world * self.A / max(global_frames, 1.0)))
+        self.engine.step()  # an optimizer step only at the accumulation boundary
+
+    def abort_micro(self):
+        pass
+
+    def set_lr(self, lr: float):
+        for g in self.engine.optimizer.param_groups:
+            g["lr"] = lr
+
+    def step(self) -> float:
+        # the optimizer step already happened in the last micro-batch's engine.step()
+        n = self.engine.get_global_grad_norm()
+        return float(n) if n is not None else float("nan")
+
+    def zero_grad(self):
+        self.engine.zero_grad()
+
+    def train(self, mode=True):
+        self.engine.train(mode)
+
+    def save(self, d: Path, rank: int):
+        self.engine.save_checkpoint(str(d), tag="ds", save_latest=False)
+
+    def load(self, d: Path, load_optimizer: bool = True):
+        if not (d / "ds").exists():
+            raise FileNotFoundError(f"{d}: no DeepSpeed checkpoint 'ds' (a checkpoint of engine deepspeed was expected)")
+        path, _ = self.engine.load_checkpoint(
+            str(d), tag="ds", load_optimizer_states=load_optimizer, load_lr_scheduler_states=False, load_module_only=not load_optimizer
+        )
+        if path is None:
+            raise RuntimeError(f"{d}: DeepSpeed could not load the checkpoint")
+
+    def full_state_dict(self) -> dict | None:
+        import deepspeed
+
+        params = _unique_params(self.model)
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.cfg.engine.zero_stage == 3 else contextlib.nullcontext()
+        with ctx:
+            if dist.get_rank() != 0:
+                return None
+            return {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _model_inputs(batch, device) -> dict:
+    kw = {"steps": batch["steps"].to(device), "loss_mask": batch["loss_mask"].to(device)}
+    if batch.get("packed"):
+        kw["attention_mask"] = None  # block-diagonal attention from the restarting position ids
+        kw["position_ids"] = batch["position_ids"].to(device)
+    else:
+        kw["attention_mask"] = batch["attention_mask"].to(device)
+    return kw
+
+
+def build_engine(model: MultiStreamLM, cfg: TrainConfig, device, world: int):
+    if cfg.engine.name == "deepspeed":
+        return DeepSpeedEngine(model, cfg, device, world)
+    return TorchEngine(model, cfg, device, world)
