@@ -1,0 +1,136 @@
+"""Semantic tokens: 50 Hz features, then the index of the nearest k-means centre.
+
+Feature back-ends:
+
+* ``mfcc`` / ``fbank``: :class:`~.features.SpectralFeatures`, for offline
+  recipes that have no SSL model.
+* ``espnet_ssl``: one layer of a self-supervised model saved by ESPnet
+  (``config.yaml`` + ``*.pth``), e.g. XEUS layer 18 as OpusLM uses, or a
+  HuBERT model of ``espnet2.tasks.hubert``.  espnet is imported only when
+  such a model is loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import kmeans as km
+from .features import SpectralFeatures
+
+
+class ESPnetSSLFeatures:
+    """Hidden states of layer ``layer`` (1-based) of an ESPnet SSL model.
+
+    ``task`` is ``"ssl"`` (``espnet2.tasks.ssl.SSLTask``: XEUS and other
+    ``ESPnetSSLModel`` checkpoints) or ``"hubert"`` (``espnet2.tasks.hubert``).
+    """
+
+    frame_rate = 50
+
+    def __init__(self, config: str, model: str, layer: int, task: str = "ssl", device: str = "cpu"):
+        for p in (config, model):
+            if not Path(p).exists():
+                raise FileNotFoundError(f"SSL model file not found: {p}")
+        self.config_path, self.model_path, self.layer, self.task = str(config), str(model), int(layer), task
+        self.device = torch.device(device)
+        if task == "ssl":
+            from espnet2.tasks.ssl import SSLTask as Task
+        elif task == "hubert":
+            from espnet2.tasks.hubert import HubertTask as Task
+        else:
+            raise ValueError(f"unknown ESPnet SSL task {task!r}: use 'ssl' (XEUS, ESPnetSSLModel) or 'hubert'")
+        self.model, _ = Task.build_model_from_file(self.config_path, self.model_path, str(self.device))
+        self.model.eval()
+        self._dim = None
+
+    def _all_layers(self, x: torch.Tensor, lens: torch.Tensor):
+        m = self.model
+        if self.task == "ssl":
+            _, hs, out_lens = m.inference_encode(x, lens)
+            return hs, out_lens
+        feats, feat_lens = m._extract_feats(x, lens) if hasattr(m, "_extract_feats") else (x, lens)
+        enc = m.encoder
+        if hasattr(enc, "hubert_pretrain_model"):  # torchaudio HuBERT wrapper
+            tm = enc.hubert_pretrain_model.wav2vec2
+            hs, out_lens = tm.extract_features(feats, feat_lens, num_layers=self.layer)
+            return hs, out_lens
+        raise ValueError(f"{self.config_path}: HuBERT encoder {type(enc).__name__} is not supported for layer extraction")
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self([np.zeros(16000, np.float32)])[0].shape[1])
+        return self._dim
+
+    def to_dict(self) -> dict:
+        return {"kind": "espnet_ssl", "task": self.task, "config": str(Path(self.config_path).resolve()),
+                "model": str(Path(self.model_path).resolve()), "layer": self.layer}
+
+    @torch.no_grad()
+    def __call__(self, wavs) -> list[torch.Tensor]:
+        if not wavs:
+            return []
+        ws = [torch.as_tensor(w, dtype=torch.float32) for w in wavs]
+        lens = torch.tensor([len(w) for w in ws])
+        x = torch.nn.utils.rnn.pad_sequence(ws, batch_first=True).to(self.device)
+        hs, out_lens = self._all_layers(x, lens.to(self.device))
+        if not 1 <= self.layer <= len(hs):
+            raise ValueError(f"{self.config_path}: layer {self.layer} asked for, the model has {len(hs)} layers")
+        h = hs[self.layer - 1]
+        return [h[b, : int(out_lens[b])].float() for b in range(len(ws))]
+
+
+def build_features(spec: dict, device: str = "cpu"):
+    """Feature extractor from its ``to_dict()`` description."""
+    spec = dict(spec)
+    kind = spec.get("kind", "mfcc")
+    if kind in ("mfcc", "fbank"):
+        return SpectralFeatures(spec, device=device)
+    if kind == "espnet_ssl":
+        spec.pop("kind")
+        return ESPnetSSLFeatures(device=device, **spec)
+    raise ValueError(f"unknown semantic feature kind {kind!r}: use mfcc, fbank or espnet_ssl")
+
+
+class SemanticTokenizer:
+    """Features -> nearest of ``K`` centres.  ``encode`` gives one ``[T]`` int array per waveform."""
+
+    def __init__(self, features, centers: torch.Tensor):
+        self.features = features
+        self.centers = torch.as_tensor(centers, dtype=torch.float32).to(getattr(features, "device", "cpu"))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.centers.shape[0])
+
+    @torch.no_grad()
+    def encode(self, wavs) -> list[np.ndarray]:
+        return [km.assign(f.to(self.centers.device), self.centers)[0].cpu().numpy() for f in self.features(wavs)]
+
+    @classmethod
+    def fit(cls, features, wavs, k: int, max_frames: int = 300000, seed: int = 0, batch_utts: int = 16, verbose: bool = False, **kw) -> "SemanticTokenizer":
+        """Fit ``k`` centres on (a random sample of at most ``max_frames``) frames of ``wavs``."""
+        feats = []
+        for i in range(0, len(wavs), batch_utts):
+            feats += [f.cpu() for f in features(wavs[i : i + batch_utts])]
+        x = torch.cat(feats)
+        if x.shape[0] > max_frames:
+            x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_frames]]
+        if verbose:
+            print(f"[semantic] k-means with {k} clusters on {x.shape[0]} frames of dim {x.shape[1]}", file=sys.stderr)
+        kw.setdefault("device", str(getattr(features, "device", "cpu")))
+        centers = km.fit_kmeans(x, k, seed=seed, verbose=verbose, **kw)
+        return cls(features, centers)
+
+    def save(self, directory: str | Path) -> dict:
+        d = Path(directory)
+        km.save_centers(d / "semantic_kmeans.npy", self.centers)
+        return {"type": "kmeans", "features": self.features.to_dict(), "kmeans": str((d / "semantic_kmeans.npy").resolve()), "vocab_size": self.vocab_size}
+
+    @classmethod
+    def from_config(cls, entry: dict, device: str = "cpu") -> "SemanticTokenizer":
+        return cls(build_features(entry["features"], device), km.load_centers(entry["kmeans"]))
