@@ -56,6 +56,12 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
         import deepspeed
 
+        if device.type == "cpu" and os.environ.get("SPEECHLM_DS_SHM_COMM", "0") != "1":
+            # DeepSpeed JIT-compiles a shared-memory all-reduce for CPU ranks on first use
+            # (about 80 s here); gloo does the same job, so skip it unless asked for
+            from deepspeed import ops as ds_ops
+
+            ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=backend)
     elif world > 1 or cfg.engine.name in ("ddp", "fsdp2"):
         if not dist.is_initialized():
@@ -105,6 +111,12 @@ class TorchEngine:
         if self.kind == "ddp":
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            # fault injection for the equivalence tests: parameters (name prefixes) whose
+            # gradients DDP leaves unreduced, which must make those tests fail
+            unsynced = [x for x in os.environ.get("SPEECHLM_FAULT_UNSYNCED_PARAMS", "").split(",") if x]
+            if unsynced:
+                names = [n for n, _ in self.model.named_parameters() if any(n.startswith(u) for u in unsynced)]
+                DDP._set_params_and_buffers_to_ignore_for_model(self.model, names)
             self.wrapped = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         elif self.kind == "fsdp2":
             from torch.distributed.fsdp import fully_shard
