@@ -403,7 +403,10 @@ def save_checkpoint(cfg, engine, model, ckroot: Path, step, epoch, offset, count
             ck.export_model(tmp / "model", full, model, cfg)
     barrier()
     if rank == 0:
-        state = {"step": step, "epoch": epoch, "offset": offset, "counters": counters, "time": time.time()}
+        state = {
+            "step": step, "epoch": epoch, "offset": offset, "counters": counters, "time": time.time(),
+            "next_lr": lr_at(cfg.schedule, cfg.optim.lr, step + 1) if step < cfg.schedule.total_steps else final_lr(cfg.schedule, cfg.optim.lr),
+        }
         ck.write_text_atomic(tmp / "trainer_state.json", json.dumps(state, indent=1) + "\n")
         if final.exists():
             shutil.rmtree(final)
