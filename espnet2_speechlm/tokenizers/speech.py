@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .semantic import SemanticTokenizer
-
 FORMAT_VERSION = 1
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -57,7 +55,7 @@ def build_acoustic(entry: dict, device: str = "cpu"):
 class SpeechTokenizer:
     """Encode 16 kHz waveforms to ``[T, 1 + K]`` int32 frames; decode frames to audio (acoustic part)."""
 
-    def __init__(self, semantic: SemanticTokenizer | None, acoustic, config: dict | None = None):
+    def __init__(self, semantic, acoustic, config: dict | None = None):
         self.semantic, self.acoustic = semantic, acoustic
         self.config = config or {}
 
@@ -97,6 +95,8 @@ class SpeechTokenizer:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "SpeechTokenizer":
+        from .semantic import SemanticTokenizer  # torch: imported only when a model is built
+
         cfg = read_config(path)
         return cls(SemanticTokenizer.from_config(cfg["semantic"], device), build_acoustic(cfg["acoustic"], device), cfg)
 
@@ -115,10 +115,39 @@ def make_config(sem: dict, ac: dict) -> dict:
     }
 
 
+# keys whose values are file or directory paths
+PATH_KEYS = ("kmeans", "dir", "config", "model")
+
+
+def _map_paths(node, fn):
+    if isinstance(node, dict):
+        return {k: (fn(v) if k in PATH_KEYS and isinstance(v, str) else _map_paths(v, fn)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_map_paths(v, fn) for v in node]
+    return node
+
+
+def _relative_inside(directory: Path):
+    """Paths inside the tokenizer directory are stored relative to it, so the
+    directory can be moved, packed with a model or copied to another machine."""
+    root = directory.resolve()
+
+    def fn(v: str) -> str:
+        q = Path(v)
+        if q.is_absolute():
+            try:
+                return str(q.resolve().relative_to(root)) or "."
+            except ValueError:
+                return v  # outside (e.g. a released codec checkpoint): kept absolute
+        return v
+
+    return fn
+
+
 def write_config(directory: str | Path, cfg: dict) -> Path:
     p = Path(directory) / TOKENIZER_FILE
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+    tmp.write_text(json.dumps(_map_paths(cfg, _relative_inside(Path(directory))), indent=2) + "\n")
     tmp.replace(p)
     return p
 
@@ -138,4 +167,5 @@ def read_config(path: str | Path) -> dict:
             raise ValueError(f"{p}: missing key {key!r}")
     if cfg.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{p}: format_version {cfg.get('format_version')!r}, expected {FORMAT_VERSION}")
-    return cfg
+    base = p.parent.resolve()
+    return _map_paths(cfg, lambda v: v if Path(v).is_absolute() else str(base / v))
