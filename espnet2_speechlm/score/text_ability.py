@@ -1,0 +1,107 @@
+"""Text ability of a speech LM: perplexity and multiple-choice log-likelihood.
+
+The paper's text-retention claim compares a speech LM with the text LLM it
+was initialised from.  Both are scored on the same token ids with the same
+rule: the log-probability of every token after the first of each line (the
+first token has no context in the text LLM, which has no BOS of ours), so
+the two perplexities are directly comparable.  The speech LM sees each line
+as a textlm sequence: ``<sos/eos> <textlm_task> <text_bpe_start/end> ids...``.
+
+Multiple choice (the MMLU protocol): the answer is the choice whose tokens
+have the highest total log-likelihood after the context.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..interleave import delay
+from ..tasks import build_sequence
+from ..vocab import PAD
+
+
+@torch.no_grad()
+def speechlm_logprobs(model, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> list[np.ndarray]:
+    """For each list of text ids (local): log p(ids[i] | prefix, ids[:i]) for i >= 1."""
+    vocab = model.vocab
+    out = []
+    device = next(model.parameters()).device
+    for i in range(0, len(sequences), batch_size):
+        chunk = sequences[i : i + batch_size]
+        seqs = [build_sequence(vocab, "textlm", {"text": np.asarray(s, dtype=np.int64)}) for s in chunk]
+        L = max(len(s.frames) for s in seqs) + vocab.num_streams - 1
+        steps = torch.full((len(seqs), L, vocab.num_streams), PAD, dtype=torch.long)
+        attn = torch.zeros((len(seqs), L), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            d = torch.as_tensor(delay(s.frames, PAD))
+            steps[b, : len(d)] = d
+            attn[b, : len(d)] = 1
+        steps, attn = steps.to(device), attn.to(device)
+        h, _ = model.hidden(steps, attn)
+        logits0, _ = model.head(h, streams="first")
+        logp = logits0.float().log_softmax(-1)
+        for b, (s, ids) in enumerate(zip(seqs, chunk)):
+            start = s.segments[0].start  # first text frame
+            n = len(ids)
+            # the token at frame t is predicted from step t - 1
+            tgt = steps[b, start + 1 : start + n, 0]
+            lp = logp[b, start : start + n - 1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            out.append(lp.cpu().numpy())
+    return out
+
+
+@torch.no_grad()
+def hf_logprobs(hf_model, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> list[np.ndarray]:
+    """The same quantity for a plain Hugging Face causal LM on the same ids."""
+    out = []
+    device = next(hf_model.parameters()).device
+    for i in range(0, len(sequences), batch_size):
+        chunk = sequences[i : i + batch_size]
+        L = max(len(s) for s in chunk)
+        ids = torch.zeros((len(chunk), L), dtype=torch.long)
+        attn = torch.zeros((len(chunk), L), dtype=torch.long)
+        for b, s in enumerate(chunk):
+            ids[b, : len(s)] = torch.as_tensor(list(s))
+            attn[b, : len(s)] = 1
+        logits = hf_model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+        logp = logits.log_softmax(-1)
+        for b, s in enumerate(chunk):
+            n = len(s)
+            tgt = ids[b, 1:n].to(device)
+            out.append(logp[b, : n - 1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu().numpy())
+    return out
+
+
+def perplexity(logprobs: Sequence[np.ndarray]) -> tuple[float, int]:
+    """(perplexity, number of scored tokens)."""
+    n = sum(len(x) for x in logprobs)
+    if n == 0:
+        raise ValueError("perplexity: no token to score (every line has fewer than two tokens)")
+    return math.exp(-float(sum(x.sum() for x in logprobs)) / n), n
+
+
+@dataclass
+class MCItem:
+    context: str
+    choices: list[str]
+    answer: int
+
+
+def multiple_choice_accuracy(model, tokenizer, items: Sequence[MCItem]) -> dict:
+    """Pick the choice with the highest log-likelihood of its tokens after the
+    context (both tokenised separately and concatenated, as the MMLU harness
+    does); returns accuracy and the per-item predictions."""
+    preds = []
+    for it in items:
+        ctx = list(tokenizer.encode(it.context))
+        seqs = [ctx + list(tokenizer.encode(c)) for c in it.choices]
+        lps = speechlm_logprobs(model, seqs)
+        scores = [float(lp[len(ctx) - 1 :].sum()) for lp in lps]
+        preds.append(int(np.argmax(scores)))
+    correct = sum(int(p == it.answer) for p, it in zip(preds, items))
+    return {"accuracy": correct / max(1, len(items)), "num_items": len(items), "predictions": preds}
