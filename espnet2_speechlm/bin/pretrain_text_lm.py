@@ -1,0 +1,189 @@
+"""Pretrain a small text LLM on a recipe's text corpus, saved in Hugging Face format.
+
+Small offline recipes have no SmolLM2 to start from; they pretrain a tiny
+Llama-style LM on their own text and then initialise the speech LM from it
+through exactly the code path a SmolLM2 directory takes (model/build.py).
+
+    python -m espnet2_speechlm.bin.pretrain_text_lm --config conf/text_llm.yaml \\
+        --text data/lm_text/text --tokenizer exp/text_tokenizer/bpe.model --out_dir exp/text_llm
+
+The config (strict keys)::
+
+    hf_config: {model_type: llama, hidden_size: 256, num_hidden_layers: 6, ...}
+    steps: 1500            batch_tokens: 8192      max_len: 96
+    lr: 1.0e-3             warmup_steps: 100       min_lr_ratio: 0.1
+    weight_decay: 0.01     precision: bf16         seed: 0
+    valid_lines: 200       threads: 0
+
+Each line is one training row (right-padded; its first token has no
+context).  ``out_dir`` gets config.json + model.safetensors (written under a
+temporary name, then renamed), the tokenizer file, and ``train_log.tsv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class TextLMConfig:
+    hf_config: dict = field(default_factory=lambda: dict(model_type="llama", hidden_size=256, num_hidden_layers=6,
+                                                          num_attention_heads=4, num_key_value_heads=4,
+                                                          intermediate_size=1024, max_position_embeddings=2048,
+                                                          tie_word_embeddings=True))
+    steps: int = 1500
+    batch_tokens: int = 8192
+    max_len: int = 96
+    lr: float = 1.0e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    precision: str = "bf16"
+    seed: int = 0
+    valid_lines: int = 200
+    threads: int = 0
+    log_every: int = 50
+
+
+def log(msg: str) -> None:
+    print(f"[pretrain_text_lm] {msg}", file=sys.stderr, flush=True)
+
+
+def lr_at(cfg: TextLMConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def batches(rows: list[np.ndarray], batch_tokens: int, rng: np.random.Generator):
+    """Endless length-bucketed batches of about ``batch_tokens`` (padding included)."""
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    groups, cur, width = [], [], 0
+    for i in order:
+        width = max(width, len(rows[i]))
+        if cur and width * (len(cur) + 1) > batch_tokens:
+            groups.append(cur)
+            cur, width = [], len(rows[i])
+        cur.append(i)
+    if cur:
+        groups.append(cur)
+    while True:
+        for g in rng.permutation(len(groups)):
+            yield [rows[i] for i in groups[g]]
+
+
+def to_tensors(batch):
+    import torch
+
+    L = max(len(r) for r in batch)
+    ids = torch.zeros((len(batch), L), dtype=torch.long)
+    mask = torch.zeros((len(batch), L), dtype=torch.long)
+    for b, r in enumerate(batch):
+        ids[b, : len(r)] = torch.as_tensor(r)
+        mask[b, : len(r)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+def main(argv=None) -> int:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .. import config as cfgmod
+    from ..tokenizers.audio import read_table
+    from ..tokenizers.text import load_text_tokenizer
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML (TextLMConfig keys)")
+    p.add_argument("--text", required=True, help="Kaldi text file ('<id> <sentence>')")
+    p.add_argument("--tokenizer", required=True, help="sentencepiece .model or HF tokenizer directory")
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    a = p.parse_args(argv)
+    cfg = cfgmod.load(TextLMConfig, a.config, a.overrides)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.time()
+
+    tok = load_text_tokenizer(a.tokenizer)
+    lines = [v for _, v, _ in read_table(a.text, min_fields=1) if v.strip()]
+    if len(lines) <= cfg.valid_lines:
+        raise SystemExit(f"ERROR: {a.text}: {len(lines)} lines, need more than valid_lines={cfg.valid_lines}")
+    rows = [np.asarray(tok.encode(t)[: cfg.max_len], dtype=np.int64) for t in lines]
+    rows = [r for r in rows if len(r) >= 2]
+    perm = rng.permutation(len(rows))
+    valid = [rows[i] for i in perm[: cfg.valid_lines]]
+    train = [rows[i] for i in perm[cfg.valid_lines :]]
+    log(f"read {a.text}: {len(train)} training / {len(valid)} validation lines, {sum(map(len, train))} tokens, vocabulary {tok.vocab_size}")
+
+    d = dict(cfg.hf_config)
+    conf = AutoConfig.for_model(d.pop("model_type", "llama"), vocab_size=int(tok.vocab_size), **d)
+    model = AutoModelForCausalLM.from_config(conf, attn_implementation="sdpa")
+    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters ({conf.model_type})")
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.95))
+    bf16 = cfg.precision == "bf16"
+    it = batches(train, cfg.batch_tokens, rng)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "train_log.tsv", "w")
+    logf.write("step\tlr\tloss\ttokens_per_s\n")
+    model.train()
+    tokens, tl = 0, time.time()
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        ids, mask, labels = to_tensors(next(it))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int(mask.sum())
+        if (step + 1) % cfg.log_every == 0 or step == cfg.steps - 1:
+            tps = tokens / (time.time() - tl)
+            log(f"step {step + 1}/{cfg.steps} loss {loss.item():.3f} lr {lr_at(cfg, step):.2e} {tps:.0f} tokens/s")
+            logf.write(f"{step + 1}\t{lr_at(cfg, step):.3e}\t{loss.item():.4f}\t{tps:.0f}\n")
+            logf.flush()
+            tokens, tl = 0, time.time()
+    logf.close()
+
+    model.eval()
+    from ..score.text_ability import hf_logprobs, perplexity
+
+    ppl, n = perplexity(hf_logprobs(model, [r.tolist() for r in valid]))
+    log(f"validation perplexity {ppl:.3f} over {n} tokens")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    src = Path(a.tokenizer)
+    if src.is_dir():
+        shutil.copytree(src, tmp / "tokenizer", dirs_exist_ok=True)
+    else:
+        shutil.copy(src, tmp / "tokenizer.model")
+    shutil.move(str(out / "train_log.tsv"), tmp / "train_log.tsv")
+    (tmp / "valid_perplexity.txt").write_text(f"{ppl:.4f} {n}\n")
+    shutil.rmtree(out)
+    os.replace(tmp, out)
+    log(f"wrote {out} in {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
