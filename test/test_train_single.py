@@ -127,7 +127,7 @@ def test_annealing_starts_from_checkpoint_and_ends_at_lr_zero(data, reference):
     # weights come from the checkpoint: with a zero learning rate they stay exactly the same
     exp0 = root / "anneal0"
     cfg = train_yaml(root / "anneal0.yaml", exp0, {"asr": dirs["asr"]}, **{
-        "init_from.checkpoint": str(src), "schedule.name": "linear_to_zero", "schedule.total_steps": 1, "schedule.warmup_steps": 0, "optim.lr": 0.0,
+        "init_from.checkpoint": str(reference[0] / "checkpoints"), "schedule.name": "linear_to_zero", "schedule.total_steps": 1, "schedule.warmup_steps": 0, "optim.lr": 0.0,
     })
     cfg_ = tc.load(cfg)
     train(cfg_)
@@ -192,3 +192,17 @@ def test_nan_loss_is_reported_and_skipped_or_stops(data):
     fresh = random_body(dict(TINY_BODY), out["model"].vocab, seed=init.seed)
     w = final_weights(root / "nanskip")
     assert torch.equal(w["lm.lm_head.weight"], fresh.state_dict()["lm.lm_head.weight"])  # no update was applied
+
+
+def test_example_configs_load():
+    from train_helpers import REPO
+
+    conf = REPO / "egs2" / "TEMPLATE" / "speechlm1" / "conf"
+    tr = tc.load(conf / "train_speechlm.yaml")
+    an = tc.load(conf / "anneal_speechlm.yaml", ["engine.zero_stage=3"])
+    assert tr.schedule.name == "warmup_cosine" and tr.optim.betas == (0.9, 0.95) and len(tr.data.train) == 4
+    assert an.schedule.name == "linear_to_zero" and an.init_from.checkpoint and an.engine.zero_stage == 3
+    for f in ("deepspeed_zero2.json", "deepspeed_zero3.json"):
+        assert json.loads((conf / f).read_text())["zero_optimization"]["stage"] in (2, 3)
+    with pytest.raises(ConfigError, match=r"data.train\[1\]: unknown key 'ratoi'"):
+        tc.load(conf / "train_speechlm.yaml", ["data.train=[{dir: a}, {dir: b, ratoi: 1}]"])

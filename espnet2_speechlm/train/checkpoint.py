@@ -125,6 +125,18 @@ def export_model(out_dir: Path, full_sd: dict, model, train_cfg=None) -> Path:
     return out_dir
 
 
+def resolve_checkpoint(path: Path) -> Path:
+    """A run's ``checkpoints/`` directory (or its exp dir) -> its latest step directory."""
+    path = Path(path)
+    if (path / "trainer_state.json").exists():
+        return path
+    for root in (path, path / "checkpoints"):
+        ck = latest_checkpoint(root)
+        if ck is not None:
+            return ck
+    return path
+
+
 def find_model_dir(path: Path) -> Path:
     """A checkpoint directory, its ``model/`` export, or an exported model dir."""
     path = Path(path)

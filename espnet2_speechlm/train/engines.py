@@ -245,7 +245,7 @@ class DeepSpeedEngine:
             # the trainer owns these: they must agree with its own accounting
             for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "optimizer", "scheduler"):
                 user.pop(k, None)
-            ds = _merge(ds, user)
+            ds = _merge(user, ds)  # the trainer's own keys (stage, precision, clipping) win
         self.ds_config = ds
         opt = _adamw(_unique_params(model), cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)

@@ -170,7 +170,7 @@ def train(cfg: TrainConfig) -> dict:
     model = build_model(cfg, vocab)
     check_context(mix, model, cfg)
     if last is None and cfg.init_from.checkpoint:
-        src = load_weights(model, cfg.init_from.checkpoint, vocab)
+        src = load_weights(model, str(ck.resolve_checkpoint(Path(cfg.init_from.checkpoint))), vocab)
         if rank == 0:
             log.info(f"initialised weights from {src}")
     engine = build_engine(model, cfg, device, world)
@@ -187,7 +187,7 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             log.info(f"resuming from {last} (step {start_step}, epoch {epoch}, offset {offset})")
     elif cfg.init_from.checkpoint and cfg.init_from.load_optimizer:
-        engine.load(Path(cfg.init_from.checkpoint) / "engine", load_optimizer=True)
+        engine.load(ck.resolve_checkpoint(Path(cfg.init_from.checkpoint)) / "engine", load_optimizer=True)
 
     A = cfg.engine.grad_accum
     plan = BatchPlan(
