@@ -29,11 +29,9 @@ equivalence that the distributed tests check.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..vocab import PAD, JointVocab
@@ -43,11 +41,6 @@ from .splice import DataDir, SpliceError
 
 class DataError(ValueError):
     pass
-
-
-@dataclass
-class MicroBatch:
-    rows: tuple  # tuple of rows; a row is a tuple of global example indices
 
 
 class Mixture:
@@ -209,7 +202,7 @@ class BatchPlan:
             epoch, offset = epoch + 1, 0
 
 
-class _BatchDataset(Dataset):
+class BatchDataset(Dataset):
     def __init__(self, mix: Mixture, packing: bool, pad_to_multiple: int):
         self.mix, self.packing, self.pad_to_multiple = mix, packing, pad_to_multiple
 
@@ -247,7 +240,7 @@ def _identity(x):
 
 def make_loader(plan: BatchPlan, epoch: int, offset: int, num_workers: int = 0, prefetch: int = 4, pad_to_multiple: int = 1) -> DataLoader:
     """An endless loader of this rank's micro-batches from (epoch, offset) on."""
-    ds = _BatchDataset(plan.mix, plan.packing, pad_to_multiple)
+    ds = BatchDataset(plan.mix, plan.packing, pad_to_multiple)
     kw = dict(prefetch_factor=prefetch, persistent_workers=False) if num_workers > 0 else {}
     return DataLoader(ds, batch_size=None, sampler=_PlanSampler(plan, epoch, offset), num_workers=num_workers, collate_fn=_identity, **kw)
 
@@ -261,4 +254,4 @@ def eval_batches(d: DataDir, batch_bins: int, world_size: int = 1, rank: int = 0
     return [mbs[i] for i in range(rank, len(mbs), world_size)], mix
 
 
-__all__ = ["BatchPlan", "DataDir", "DataError", "Mixture", "SpliceError", "make_loader", "eval_batches"]
+__all__ = ["BatchDataset", "BatchPlan", "DataDir", "DataError", "Mixture", "SpliceError", "make_loader", "eval_batches"]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..data.loader import BatchPlan, DataError, Mixture, eval_batches, make_loader
+from ..data.loader import BatchPlan, DataError, Mixture, BatchDataset, eval_batches, make_loader
 from ..data.splice import DataDir
 from ..model import MultiStreamLM
 from ..model.loss import CATEGORY_NAMES
@@ -214,7 +214,7 @@ def train(cfg: TrainConfig) -> dict:
     step = start_step
     ran = 0
     stop_reason = None
-    t_last = time.time()
+    t_last = t_start = time.time()
     try:
         while step < total:
             step += 1
@@ -254,6 +254,7 @@ def train(cfg: TrainConfig) -> dict:
                 rec["frames_per_s"] = rec.pop("_real_steps") / max(dt, 1e-9)
                 rec["tokens_per_s"] = rec["frames_per_s"] * vocab.num_streams
                 rec["memory_mb"] = _memory_mb(device)
+                rec["eta_s"] = (time.time() - t_start) / ran * (total - step)
                 counters["frames"] += rec["frames"]
                 rep.record(rec)
                 rep.line(_format(rec))
@@ -340,8 +341,14 @@ def _format(rec: dict) -> str:
     parts += [
         f"lr {rec['lr']:.3e}", f"gnorm {rec['grad_norm']:.3f}", f"frames/s {rec['frames_per_s']:.0f}",
         f"tokens/s {rec['tokens_per_s']:.0f}", f"pad {rec['padding_fraction']:.3f}", f"mem {rec['memory_mb']:.0f}MB",
+        f"eta {_hms(rec['eta_s'])}",
     ]
     return " | ".join(parts)
+
+
+def _hms(sec: float) -> str:
+    sec = int(sec)
+    return f"{sec // 3600}:{sec // 60 % 60:02d}:{sec % 60:02d}"
 
 
 @torch.no_grad()
@@ -352,17 +359,15 @@ def validate(cfg, engine, vocab, plan, device, world, rank, rep, step) -> dict:
     for vdir in cfg.data.valid:
         d = DataDir(vdir, vocab=vocab, loss_region=cfg.data.loss_region)
         mbs, mix = eval_batches(d, budget, world, rank)
-        # every rank runs the same number of forwards (FSDP / ZeRO-3 gather inside them)
-        n = int(all_reduce_sum(len(mbs), device)) if world > 1 else len(mbs)
+        # every rank runs as many forwards as rank 0, which has the most batches (FSDP and
+        # ZeRO-3 gather parameters inside the forward); extra ones are not counted
         most = len(eval_batches(d, budget, world, 0)[0])
+        filler = mbs[0] if mbs else eval_batches(d, budget, 1, 0)[0][0]
         tot = np.zeros(2 + len(STAT_KEYS_CAT) * 2)
-        from ..data.loader import _BatchDataset
-
-        ds = _BatchDataset(mix, False, 1)
+        ds = BatchDataset(mix, False, 1)
         for j in range(most):
             real = j < len(mbs)
-            b = ds[(0, 0, 0, mbs[j] if real else mbs[0] if mbs else eval_batches(d, budget, 1, 0)[0][0])]
-            loss, stats = engine.forward(b)
+            loss, stats = engine.forward(ds[(0, 0, 0, mbs[j] if real else filler)])
             engine.abort_micro()
             if real:
                 tot[0] += float(stats["loss_sum"])
@@ -382,7 +387,6 @@ def validate(cfg, engine, vocab, plan, device, world, rank, rep, step) -> dict:
         rep.record(rec, prefix="valid")
         rep.line(f"valid {rec['set']} step {step} | loss {rec['loss']:.4f} | " + " | ".join(f"{k} {rec[k]:.3f}" for k in STAT_KEYS_CAT if k in rec))
         out[rec["set"]] = rec
-        del n
     engine.train(True)
     return out
 
