@@ -231,3 +231,13 @@ def test_results_and_collect(tmp_path):
     assert len(json.loads((tmp_path / "exp" / "RESULTS.json").read_text())["rows"]) == 4
     assert out.read_text().count("\n| ") == 5  # header + 4 rows
     assert collect_cli.main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_labels_from_decode_paths():
+    from espnet2_speechlm.score.results import infer_labels
+
+    assert infer_labels("exp/lm/decode_asr_beam1/test_clean/text") == {
+        "test_set": "test_clean", "decode_config": "decode_asr_beam1", "model": "lm"}
+    # This toolkit's recipe layout: the test set is part of the decode dir name.
+    assert infer_labels("exp/speechlm/decode_tts_test/wav.scp") == {
+        "test_set": "-", "decode_config": "decode_tts_test", "model": "speechlm"}

@@ -77,7 +77,7 @@ def _read_value(value: str) -> tuple[np.ndarray, int]:
         return wav, sr
     if os.path.isfile(value):
         return sf.read(value, dtype="float32", always_2d=True)
-    if ":" in value and os.path.isfile(value.rsplit(":", 1)[0]):
+    if _is_ark(value):
         import kaldiio
 
         sr, wav = kaldiio.load_mat(value)
@@ -86,6 +86,10 @@ def _read_value(value: str) -> tuple[np.ndarray, int]:
             wav = wav.astype(np.float32) / 32768.0
         return (wav[:, None] if wav.ndim == 1 else wav).astype(np.float32), int(sr)
     raise FileNotFoundError(f"no such audio file {value!r}")
+
+
+def _is_ark(value: str) -> bool:
+    return ":" in value and os.path.isfile(value.rsplit(":", 1)[0])
 
 
 def load_audio(value: str, where: str = "") -> np.ndarray:
@@ -131,6 +135,10 @@ class DataDirAudio:
                 if rec not in self.scp:
                     raise ScoringInputError(f"{segments}: recording {rec!r} of {uid!r} is not in {self.wav_scp}")
         self._cache: tuple[str, np.ndarray] | None = None
+        # Fail before minutes of transcription, not in the middle of them.
+        for uid, (value, lineno) in self.scp.items():
+            if not value.endswith("|") and not os.path.isfile(value) and not _is_ark(value):
+                raise ScoringInputError(f"{self.wav_scp}:{lineno}: cannot read audio {value!r}: no such file")
 
     def ids(self) -> list[str]:
         return list(self.segments) if self.segments is not None else list(self.scp)

@@ -204,13 +204,25 @@ def collect_results(dirs: Iterable[str | os.PathLike]) -> list[dict]:
 
 
 def infer_labels(path: str | os.PathLike) -> dict:
-    """Guess test set, decode config and model from an ESPnet decode path.
+    """Guess test set, decode config and model from a decode output path.
 
-    ``exp/<model>/<decode_config>/<test_set>/<file>`` is the layout the
-    recipes write (``exp/speechlm_x/decode_tts_beam1/test_clean/wav.scp``);
-    parts that a shorter path lacks are ``-``.  The command-line tools let
-    every label be given explicitly instead.
+    The nearest enclosing directory whose name starts with ``decode`` is the
+    decode config and its parent the model; a directory between it and the
+    file is the test set.  This covers ESPnet's layout
+    ``exp/<model>/decode_<config>/<test_set>/text`` and this toolkit's
+    ``exp/<model>/decode_<task>_<test_set>/text`` (test set ``-`` there:
+    the recipe passes ``--test_set``).  Without a ``decode*`` directory the
+    file's directory is taken as the test set and the two above it as
+    decode config and model.  Labels the path cannot give are ``-``; the
+    command-line tools let every label be given explicitly.
     """
-    parts = Path(os.path.abspath(path)).parts[:-1]
-    pick = lambda k: parts[-k] if len(parts) >= k + 1 else "-"  # noqa: E731 (keep "/" out)
+    parts = Path(os.path.abspath(path)).parts[1:-1]  # no root, no file name
+    for k in range(len(parts) - 1, -1, -1):
+        if parts[k].startswith("decode"):
+            return {
+                "test_set": parts[k + 1] if k + 1 < len(parts) else "-",
+                "decode_config": parts[k],
+                "model": parts[k - 1] if k >= 1 else "-",
+            }
+    pick = lambda n: parts[-n] if len(parts) >= n else "-"  # noqa: E731
     return {"test_set": pick(1), "decode_config": pick(2), "model": pick(3)}
