@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Stage 1 of mini_espeak: English sentences from Debian's fortunes, spoken by
+# espeak-ng voices (test voices and sentences held out), plus a text-only corpus.
+set -euo pipefail
+vocab_words=500
+num_test=60
+voices_per_sentence=4
+max_train_sentences=0
+. ./path.sh
+. utils/parse_options.sh
+
+need=()
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+[ -d /usr/share/games/fortunes ] || need+=(fortunes)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "local/data.sh: installing ${need[*]} (Debian)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "local/data.sh: please install the Debian packages: ${need[*]}" >&2
+    exit 1
+  fi
+fi
+python local/make_corpus.py --data data --wav_dir downloads/wav --vocab_words "${vocab_words}" --num_test "${num_test}" \
+  --voices_per_sentence "${voices_per_sentence}" --max_train_sentences "${max_train_sentences}"

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Build the mini_espeak corpus: real English sentences rendered by espeak-ng.
+
+Text: the sentences of the Debian ``fortunes`` collection.  Speech data uses
+only sentences of 4-12 words whose words are all among the ``--vocab_words``
+most frequent ones (a tiny model can learn that vocabulary in minutes); the
+text-only corpus (``data/lm_text``) is every clean sentence except the
+dev/test ones.  Test sentences are held out of training, and so are the test
+voices; every test word occurs in some training sentence.
+
+Writes data/{train,dev,test}/{wav.scp,text,utt2spk}, data/lm_text/text and
+the wav files under --wav_dir (16 kHz, mono).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import io
+import os
+import random
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+TRAIN_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-us+f2", "en-us+m3", "en-gb+f4", "en-us+m7"]
+TEST_VOICES = ["en-gb-x-gbclan", "en-us+f5"]
+
+
+def read_fortunes(root: str) -> list[str]:
+    files = sorted(f for f in glob.glob(os.path.join(root, "*")) if "." not in os.path.basename(f) and os.path.isfile(f))
+    if not files:
+        sys.exit(f"ERROR: no fortune files in {root} (apt-get install fortunes)")
+    out = []
+    for f in files:
+        text = open(f, encoding="latin-1").read()
+        for cookie in text.split("\n%\n"):
+            cookie = re.split(r"\n\s*--", cookie)[0]  # drop attributions
+            flat = " ".join(cookie.split())
+            for s in re.split(r"(?<=[.!?])\s+", flat):
+                s = s.strip()
+                if re.fullmatch(r"[A-Za-z][A-Za-z ,'.?!]*[.?!]", s) and "  " not in s:
+                    out.append(s)
+    return list(dict.fromkeys(out))  # unique, in file order
+
+
+def words(s: str) -> list[str]:
+    return re.findall(r"[a-z']+", s.lower())
+
+
+def render(text: str, voice: str, speed: int) -> np.ndarray:
+    raw = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=True).stdout
+    wav, sr = sf.read(io.BytesIO(raw), dtype="float32")
+    if sr != 16000:
+        from fractions import Fraction
+
+        r = Fraction(16000, sr)
+        wav = resample_poly(wav, r.numerator, r.denominator).astype(np.float32)
+    return wav
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fortunes", default="/usr/share/games/fortunes")
+    p.add_argument("--data", default="data")
+    p.add_argument("--wav_dir", default="downloads/wav")
+    p.add_argument("--vocab_words", type=int, default=500)
+    p.add_argument("--num_test", type=int, default=60, help="held-out sentences for test (and as many for dev)")
+    p.add_argument("--voices_per_sentence", type=int, default=4, help="training renderings of each sentence")
+    p.add_argument("--max_train_sentences", type=int, default=0, help="0: all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2)
+    a = p.parse_args()
+    rng = random.Random(a.seed)
+
+    allsent = read_fortunes(a.fortunes)
+    counts = collections.Counter(w for s in allsent for w in words(s))
+    top = {w for w, _ in counts.most_common(a.vocab_words)}
+    speech = [s for s in allsent if 4 <= len(words(s)) <= 12 and all(w in top for w in words(s))]
+    rng.shuffle(speech)
+    # held-out sentences: only words that the remaining (training) sentences contain
+    held, train = [], []
+    for s in speech:
+        if len(held) < 2 * a.num_test:
+            held.append(s)
+        else:
+            train.append(s)
+    if a.max_train_sentences:
+        train = train[: a.max_train_sentences]
+    train_words = {w for s in train for w in words(s)}
+    ok = [s for s in held if all(w in train_words for w in words(s))]
+    train += [s for s in held if s not in ok and not a.max_train_sentences]
+    test, dev = ok[: len(ok) // 2], ok[len(ok) // 2 :]
+    held_set = set(test) | set(dev)
+    lm_text = [s for s in allsent if s not in held_set and 3 <= len(words(s)) <= 30]
+    print(f"[make_corpus] {len(allsent)} fortune sentences; speech: {len(train)} train / {len(dev)} dev / {len(test)} test "
+          f"sentences over {len(train_words)} words; text-only corpus {len(lm_text)} sentences", file=sys.stderr)
+
+    jobs = []  # (set, utt, spk, text, voice, speed)
+    for i, s in enumerate(train):
+        for v in rng.sample(TRAIN_VOICES, a.voices_per_sentence):
+            jobs.append(("train", f"{v.replace('+', '_')}-tr{i:05d}", v, s, v, rng.randint(130, 200)))
+    for name, sents in (("dev", dev), ("test", test)):
+        for i, s in enumerate(sents):
+            v = TEST_VOICES[i % len(TEST_VOICES)]
+            jobs.append((name, f"{v.replace('+', '_')}-{name}{i:04d}", v, s, v, 160))
+    wav_dir = Path(a.wav_dir).resolve()
+    wav_dir.mkdir(parents=True, exist_ok=True)
+
+    def work(j):
+        _, utt, _, text, voice, speed = j
+        path = wav_dir / f"{utt}.wav"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp.wav")
+            sf.write(tmp, render(text, voice, speed), 16000, subtype="PCM_16")
+            os.replace(tmp, path)
+        return path
+
+    with ThreadPoolExecutor(a.jobs) as ex:
+        paths = list(ex.map(work, jobs))
+    for name in ("train", "dev", "test"):
+        d = Path(a.data) / name
+        d.mkdir(parents=True, exist_ok=True)
+        rows = sorted((utt, spk, text, path) for (n, utt, spk, text, _, _), path in zip(jobs, paths) if n == name)
+        (d / "wav.scp").write_text("".join(f"{u} {pth}\n" for u, _, _, pth in rows))
+        (d / "text").write_text("".join(f"{u} {t}\n" for u, _, t, _ in rows))
+        (d / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s, _, _ in rows))
+    d = Path(a.data) / "lm_text"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "text").write_text("".join(f"lm{i:06d} {s}\n" for i, s in enumerate(lm_text)))
+    print(f"[make_corpus] wrote {a.data}/{{train,dev,test,lm_text}} ({len(jobs)} utterances)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

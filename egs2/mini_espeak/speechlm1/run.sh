@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# mini_espeak: a small speech-text LM trained offline on CPU in about 30 minutes.
+# Fortunes sentences spoken by espeak-ng voices; tokenizers, a tiny text LLM and
+# the speech LM are all fitted here.  --fast true runs the same pipeline at tiny
+# sizes in a few minutes (the integration test).
+set -euo pipefail
+fast=false
+. ./path.sh
+. ./cmd.sh
+# pick off --fast before the rest of the options go to speechlm.sh
+args=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --fast) fast=$2; shift 2 ;;
+    --fast=*) fast=${1#*=}; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+
+if [ "${fast}" = true ]; then
+  conf=conf/fast
+  data_opts="--max_train_sentences 24 --num_test 6 --voices_per_sentence 2"
+  tok_args="--semantic mfcc --semantic_k 32 --acoustic mel_rvq --codebook_size 32 --epochs 3 --griffin_lim_iters 4"
+  bpe=100
+else
+  conf=conf
+  data_opts="--vocab_words 500 --num_test 60 --voices_per_sentence 4"
+  tok_args="--semantic mfcc --semantic_k 500 --acoustic mel_rvq --codebook_size 1024"
+  bpe=1000
+fi
+
+./speechlm.sh \
+    --cmd "${cmd}" --nj 2 --inference_nj 1 \
+    --train_set train --valid_set dev --test_sets test \
+    --lm_text data/lm_text/text \
+    --local_data_opts "${data_opts}" \
+    --fit_speech_tokenizer_args "${tok_args}" \
+    --bpe_vocab_size "${bpe}" \
+    --text_llm_config "${conf}/text_llm.yaml" \
+    --tasks "asr tts textlm audiolm" \
+    --task_ratios "asr:1.0 tts:1.0 textlm:0.3 audiolm:0.2" \
+    --speaker_prompt_len 150 \
+    --train_config "${conf}/train.yaml" \
+    --anneal_config "${conf}/anneal.yaml" \
+    --anneal_tasks "asr tts textlm" \
+    --decode_tasks "asr tts" \
+    --decode_config_dir "${conf}" \
+    --tts_speaker_prompt same_speaker \
+    --score_models both \
+    "${args[@]}"
