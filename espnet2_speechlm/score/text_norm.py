@@ -33,6 +33,13 @@ Bracketed non-speech annotations such as ``[laughter]`` or ``<noise>`` are
 removed too (transcripts of the asterisk set use ``[ascending tones]``).
 
 The normaliser is idempotent: normalising its own output changes nothing.
+
+Not handled (deliberately small and predictable): abbreviations
+(``Mr.`` stays ``mr``, not ``mister``), contractions (``it's`` and
+``it is`` differ), spelling variants (``colour``/``color``,
+``ok``/``okay``), year and currency-cent readings (``$1.50`` ->
+``one point five zero dollars``), and fillers (``uh``, ``um``).  Papers
+that use Whisper's own English normaliser will differ by these cases.
 """
 
 from __future__ import annotations
