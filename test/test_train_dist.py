@@ -13,17 +13,19 @@ import torch
 from train_helpers import final_weights, history, make_data_dirs, run_train, train_yaml
 
 STEPS = 4
-OVER = {"schedule.total_steps": STEPS, "checkpoint.every": STEPS, "data.batch_bins": 1000}
+OVER = {"schedule.total_steps": STEPS, "checkpoint.every": STEPS, "data.batch_bins": 1600}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     dirs = make_data_dirs(root, tasks=("asr", "tts"), n_utt=24)
-    exp = root / "ref"
-    r = run_train(train_yaml(root / "ref.yaml", exp, dirs, **OVER), "engine.grad_accum=2")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root, dirs, exp
+    refs = {}
+    for accum in (2, 4):  # one rank accumulating what 2 ranks x (1 or 2) micro-batches see
+        refs[accum] = root / f"ref{accum}"
+        r = run_train(train_yaml(root / f"ref{accum}.yaml", refs[accum], dirs, **OVER), f"engine.grad_accum={accum}")
+        assert r.returncode == 0, r.stderr[-3000:]
+    return root, dirs, refs
 
 
 def _max_diff(a, b):
@@ -45,19 +47,21 @@ def _run(root, dirs, name, overrides, resume_half=False, env=None):
     return exp
 
 
+# (overrides, stop half-way and resume, accumulation steps per rank)
 ENGINES = {
-    "ddp": (["engine.name=ddp"], False),
-    "fsdp2": (["engine.name=fsdp2"], True),
-    "zero2": (["engine.name=deepspeed", "engine.zero_stage=2"], False),
-    "zero3": (["engine.name=deepspeed", "engine.zero_stage=3"], True),
+    "ddp": (["engine.name=ddp"], False, 2),
+    "fsdp2": (["engine.name=fsdp2"], True, 1),
+    "zero2": (["engine.name=deepspeed", "engine.zero_stage=2"], False, 2),
+    "zero3": (["engine.name=deepspeed", "engine.zero_stage=3"], True, 1),
 }
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_two_ranks_equal_one_rank(setup, engine):
-    root, dirs, ref = setup
-    overrides, resume_half = ENGINES[engine]
-    exp = _run(root, dirs, engine, overrides, resume_half)
+    root, dirs, refs = setup
+    overrides, resume_half, accum = ENGINES[engine]
+    ref = refs[2 * accum]
+    exp = _run(root, dirs, engine, overrides + [f"engine.grad_accum={accum}"], resume_half)
     diff = _max_diff(final_weights(exp), final_weights(ref))
     assert "lm.lm_head.weight" in diff and "lm.lm_head.stream_emb" in diff
     assert max(diff.values()) < 1e-5, sorted(diff.items(), key=lambda kv: -kv[1])[:3]
@@ -68,7 +72,8 @@ def test_two_ranks_equal_one_rank(setup, engine):
 
 def test_unreduced_head_gradient_is_caught(setup):
     """Fault injection: DDP leaves the output head's gradient unreduced across ranks."""
-    root, dirs, ref = setup
+    root, dirs, refs = setup
+    ref = refs[2]
     exp = _run(root, dirs, "ddp_fault", ["engine.name=ddp"], env={"SPEECHLM_FAULT_UNSYNCED_PARAMS": "lm.lm_head."})
     diff = _max_diff(final_weights(exp), final_weights(ref))
     assert diff["lm.lm_head.weight"] > 1e-4  # the tolerance of test_two_ranks_equal_one_rank is 1e-5

@@ -190,6 +190,9 @@ def train(cfg: TrainConfig) -> dict:
         engine.load(ck.resolve_checkpoint(Path(cfg.init_from.checkpoint)) / "engine", load_optimizer=True)
 
     A = cfg.engine.grad_accum
+    if cfg.data.packing and not cfg.data.pack_len and model.max_steps:
+        # packed rows may not outgrow the body's context
+        cfg.data.pack_len = min(model.max_steps, cfg.data.batch_bins // (world * A))
     plan = BatchPlan(
         mix, cfg.data.batch_bins, world, rank, A, cfg.seed, cfg.data.pool_size, cfg.data.packing, cfg.data.pack_len, cfg.data.max_rows
     )
