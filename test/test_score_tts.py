@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from espnet2_speechlm.bin import score_tts as score_tts_cli
 from espnet2_speechlm.score.audio import load_audio

@@ -29,7 +29,6 @@ import concurrent.futures as cf
 import json
 import logging
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
