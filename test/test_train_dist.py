@@ -77,3 +77,23 @@ def test_unreduced_head_gradient_is_caught(setup):
     exp = _run(root, dirs, "ddp_fault", ["engine.name=ddp"], env={"SPEECHLM_FAULT_UNSYNCED_PARAMS": "lm.lm_head."})
     diff = _max_diff(final_weights(exp), final_weights(ref))
     assert diff["lm.lm_head.weight"] > 1e-4  # the tolerance of test_two_ranks_equal_one_rank is 1e-5
+
+
+def test_deepspeed_launcher_zero1(setup):
+    """The DeepSpeed launcher (it passes --local_rank) with ZeRO stage 1."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from train_helpers import PY, REPO
+
+    root, dirs, refs = setup
+    exp = root / "ds_launcher"
+    cfg = train_yaml(root / "ds_launcher.yaml", exp, dirs, **OVER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PATH=f"{Path(PY).parent}:{os.environ['PATH']}")
+    cmd = [str(Path(PY).parent / "deepspeed"), "--num_gpus", "2", "--master_port", "29617", "--module", "espnet2_speechlm.bin.train",
+           "--config", str(cfg), "engine.name=deepspeed", "engine.zero_stage=1"]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    diff = _max_diff(final_weights(exp), final_weights(refs[2]))
+    assert max(diff.values()) < 1e-5, sorted(diff.items(), key=lambda kv: -kv[1])[:3]
