@@ -333,6 +333,29 @@ def splice(
 
 
 # ----------------------------------------------------------------- reading
+class _LazyExamples(Sequence):
+    """``examples[i]`` reads line i of examples.jsonl (by byte offset) when asked."""
+
+    def __init__(self, path: Path, offsets: np.ndarray):
+        self.path, self.offsets, self._fh, self._pid = path, offsets, None, None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        if self._fh is None or self._pid != os.getpid():
+            # one handle per process: a handle inherited by forked loader workers would
+            # share its file position with the parent
+            self._fh, self._pid = open(self.path, "rb"), os.getpid()
+        self._fh.seek(int(self.offsets[i]))
+        return json.loads(self._fh.readline())
+
+    def __getstate__(self):
+        return {"path": self.path, "offsets": self.offsets, "_fh": None, "_pid": None}
+
+
 class DataDir:
     """A data directory written by :func:`splice`; builds sequences on demand."""
 
@@ -349,20 +372,27 @@ class DataDir:
         self.vocab = vocab or own
         self.task = self.meta["task"]
         self.loss_region = loss_region or self.meta["loss_region"]
-        self.examples: list[dict] = []
-        with open(self.path / "examples.jsonl") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    ex = json.loads(line)
-                    ex["id"], ex["len"], ex["utts"]  # noqa: B018 - required keys
-                except (json.JSONDecodeError, KeyError) as e:
-                    raise SpliceError(f"{self.path}/examples.jsonl:{n}: malformed example ({e})") from None
-                self.examples.append(ex)
-        if not self.examples:
-            raise SpliceError(f"{self.path}/examples.jsonl: no examples")
-        self.lengths = np.array([ex["len"] for ex in self.examples], dtype=np.int64)
+        # only byte offsets and lengths stay in memory: paper-scale directories hold
+        # millions of examples, and every loader worker would otherwise copy them all
+        f = self.path / "examples.jsonl"
+        offsets, lengths = [], []
+        with open(f, "rb") as fh:
+            pos = 0
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        ex = json.loads(line)
+                        lengths.append(int(ex["len"]))
+                        ex["id"], ex["utts"]  # noqa: B018 - required keys
+                    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                        raise SpliceError(f"{f}:{n}: malformed example ({e!r})") from None
+                    offsets.append(pos)
+                pos += len(line)
+        if not lengths:
+            raise SpliceError(f"{f}: no examples")
+        self.lengths = np.array(lengths, dtype=np.int64)
+        self._offsets = np.array(offsets, dtype=np.int64)
+        self.examples = _LazyExamples(f, self._offsets)
         self._scp = None
 
     def __len__(self) -> int:
