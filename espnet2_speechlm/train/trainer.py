@@ -186,6 +186,7 @@ def train(cfg: TrainConfig) -> dict:
             ck.set_rng_state(torch.load(rng_file, weights_only=False))
         if rank == 0:
             log.info(f"resuming from {last} (step {start_step}, epoch {epoch}, offset {offset})")
+            _warn_changes(last, cfg, st, world)
     elif cfg.init_from.checkpoint and cfg.init_from.load_optimizer:
         engine.load(ck.resolve_checkpoint(Path(cfg.init_from.checkpoint)) / "engine", load_optimizer=True)
 
@@ -349,6 +350,37 @@ def _format(rec: dict) -> str:
     return " | ".join(parts)
 
 
+def _warn_changes(last: Path, cfg: TrainConfig, st: dict, world: int) -> None:
+    """A resumed run is only exact with the same data, seed, schedule and batch plan."""
+    import yaml
+
+    from .config import to_dict
+
+    f = last / "train_config.yaml"
+    if f.exists():
+        old = yaml.safe_load(f.read_text())
+        new = yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+        ignore = ("stop_after", "resume", "log", "checkpoint")
+
+        def flat(d, pre=""):
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    yield from flat(v, f"{pre}{k}.")
+                else:
+                    yield f"{pre}{k}", v
+
+        o, n = dict(flat(old)), dict(flat(new))
+        changed = [k for k in sorted(set(o) | set(n)) if o.get(k) != n.get(k) and k.split(".")[0] not in ignore]
+        if changed:
+            log.warning(f"resuming with a changed configuration ({', '.join(changed[:8])}): the run will not be identical to an uninterrupted one")
+    w0, a0 = st.get("world_size", world), st.get("grad_accum", cfg.engine.grad_accum)
+    if w0 * a0 != world * cfg.engine.grad_accum:
+        log.warning(
+            f"the checkpoint was written with {w0} ranks x {a0} accumulation steps, this run has {world} x {cfg.engine.grad_accum}: "
+            f"the batch plan differs (keep ranks x grad_accum constant to continue the same data order)"
+        )
+
+
 def _hms(sec: float) -> str:
     sec = int(sec)
     return f"{sec // 3600}:{sec // 60 % 60:02d}:{sec % 60:02d}"
@@ -403,6 +435,10 @@ def save_checkpoint(cfg, engine, model, ckroot: Path, step, epoch, offset, count
         (tmp / "rng").mkdir(parents=True)
     barrier()
     engine.save(tmp / "engine", rank)
+    if rank == 0:
+        from .. import config as cfgmod
+
+        cfgmod.save(cfg, tmp / "train_config.yaml")
     torch.save(ck.rng_state(), tmp / "rng" / f"rank{rank}.pt")
     if cfg.checkpoint.export:
         full = engine.full_state_dict()
@@ -411,6 +447,7 @@ def save_checkpoint(cfg, engine, model, ckroot: Path, step, epoch, offset, count
     barrier()
     if rank == 0:
         state = {
+            "world_size": engine.world, "grad_accum": cfg.engine.grad_accum,
             "step": step, "epoch": epoch, "offset": offset, "counters": counters, "time": time.time(),
             "next_lr": lr_at(cfg.schedule, cfg.optim.lr, step + 1) if step < cfg.schedule.total_steps else final_lr(cfg.schedule, cfg.optim.lr),
         }
