@@ -105,3 +105,31 @@ def multiple_choice_accuracy(model, tokenizer, items: Sequence[MCItem]) -> dict:
         preds.append(int(np.argmax(scores)))
     correct = sum(int(p == it.answer) for p, it in zip(preds, items))
     return {"accuracy": correct / max(1, len(items)), "num_items": len(items), "predictions": preds}
+
+
+@torch.no_grad()
+def speech_logprobs(model, frames_list: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+    """Speech continuation ability: for each utterance (``[T, N]`` local
+    frames), the log-probability of its semantic token at every frame after
+    the first, as an audiolm sequence (``[T - 1]`` per utterance).  Its
+    perplexity is the speech analogue of text perplexity."""
+    vocab = model.vocab
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(frames_list), batch_size):
+        chunk = frames_list[i : i + batch_size]
+        seqs = [build_sequence(vocab, "audiolm", {"speech": np.asarray(f, dtype=np.int64)}) for f in chunk]
+        L = max(len(s.frames) for s in seqs) + vocab.num_streams - 1
+        steps = torch.full((len(seqs), L, vocab.num_streams), PAD, dtype=torch.long)
+        attn = torch.zeros((len(seqs), L), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            d = torch.as_tensor(delay(s.frames, PAD))
+            steps[b, : len(d)] = d
+            attn[b, : len(d)] = 1
+        h, _ = model.hidden(steps.to(device), attn.to(device))
+        logp = model.head(h, streams="first")[0].float().log_softmax(-1)
+        for b, (s, f) in enumerate(zip(seqs, chunk)):
+            start, n = s.segments[0].start, len(f)
+            tgt = steps[b, start + 1 : start + n, 0].to(device)
+            out.append(logp[b, start : start + n - 1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu().numpy())
+    return out

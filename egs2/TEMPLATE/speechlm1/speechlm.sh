@@ -334,6 +334,14 @@ if run_stage 10 && [ "${skip_eval}" = false ]; then
   asr_model_args=()
   [ -n "${asr_model_dir}" ] && asr_model_args=(--asr_model_dir "${asr_model_dir}")
   result_dirs=""
+  if echo " ${decode_tasks} " | grep -q " tts "; then
+    # the same ASR model on the real test audio: the reference for TTS WER
+    for dset in ${test_sets}; do
+      ${python} -m espnet2_speechlm.bin.score_tts --data_dir "${dumpdir}/raw/${dset}" --out_dir "${expdir}/score_real_audio_${dset}" \
+        --task tts_real_audio --test_set "${dset}" --model real_audio "${asr_model_args[@]}"
+      result_dirs+=" ${expdir}/score_real_audio_${dset}"
+    done
+  fi
   for m in ${models}; do
     for dset in ${test_sets}; do
       for task in ${decode_tasks}; do
@@ -348,8 +356,13 @@ if run_stage 10 && [ "${skip_eval}" = false ]; then
         esac
         result_dirs+=" ${d}"
       done
-      if echo " ${tasks} " | grep -q " textlm "; then
-        ${python} -m espnet2_speechlm.bin.score_ppl --model_dir "${expdir}/${m}/pack" --text "${dumpdir}/raw/${dset}/text" \
+      # text perplexity (with the base text LLM's for the retention ratio) and speech-continuation perplexity
+      ppl_args=()
+      echo " ${tasks} " | grep -q " textlm " && ppl_args+=(--text "${dumpdir}/raw/${dset}/text")
+      [ -n "${llm_dir}" ] && [ -f "${llm_dir}/config.json" ] && ppl_args+=(--hf_llm_dir "${llm_dir}")
+      echo " ${tasks} " | grep -q " audiolm " && ppl_args+=(--token_scp "${dumpdir}/tokens/${dset}/tokens.scp")
+      if [ ${#ppl_args[@]} -gt 0 ]; then
+        ${python} -m espnet2_speechlm.bin.score_ppl --model_dir "${expdir}/${m}/pack" "${ppl_args[@]}" \
           --out_dir "${expdir}/${m}/ppl_${dset}" --test_set "${dset}" --model "${m}"
         result_dirs+=" ${expdir}/${m}/ppl_${dset}"
       fi

@@ -19,7 +19,7 @@ done
 
 if [ "${fast}" = true ]; then
   conf=conf/fast
-  data_opts="--max_train_sentences 24 --num_test 6 --voices_per_sentence 2"
+  data_opts="--max_train_sentences 40 --num_test 10 --voices_per_sentence 2"
   tok_args="--semantic mfcc --semantic_k 32 --acoustic mel_rvq --codebook_size 32 --epochs 3 --griffin_lim_iters 4"
   bpe=100
 else

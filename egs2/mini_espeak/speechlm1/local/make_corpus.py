@@ -85,18 +85,17 @@ def main() -> int:
     top = {w for w, _ in counts.most_common(a.vocab_words)}
     speech = [s for s in allsent if 4 <= len(words(s)) <= 12 and all(w in top for w in words(s))]
     rng.shuffle(speech)
-    # held-out sentences: only words that the remaining (training) sentences contain
-    held, train = [], []
-    for s in speech:
-        if len(held) < 2 * a.num_test:
-            held.append(s)
-        else:
-            train.append(s)
+    # held-out sentences use only words that occur in training sentences
+    n_held = 2 * a.num_test
     if a.max_train_sentences:
-        train = train[: a.max_train_sentences]
+        train = speech[: a.max_train_sentences]
+        pool = speech[a.max_train_sentences :]
+    else:
+        train, pool = speech[n_held:], speech[:n_held]
     train_words = {w for s in train for w in words(s)}
-    ok = [s for s in held if all(w in train_words for w in words(s))]
-    train += [s for s in held if s not in ok and not a.max_train_sentences]
+    ok = [s for s in pool if all(w in train_words for w in words(s))][:n_held]
+    if not a.max_train_sentences:
+        train += [s for s in pool if s not in ok]
     test, dev = ok[: len(ok) // 2], ok[len(ok) // 2 :]
     held_set = set(test) | set(dev)
     lm_text = [s for s in allsent if s not in held_set and 3 <= len(words(s)) <= 30]
