@@ -206,3 +206,18 @@ def test_example_configs_load():
         assert json.loads((conf / f).read_text())["zero_optimization"]["stage"] in (2, 3)
     with pytest.raises(ConfigError, match=r"data.train\[1\]: unknown key 'ratoi'"):
         tc.load(conf / "train_speechlm.yaml", ["data.train=[{dir: a}, {dir: b, ratoi: 1}]"])
+
+
+def test_engine_options_activation_checkpointing_bf16_packing(data):
+    root, dirs = data
+    over = {"schedule.total_steps": 3, "checkpoint.every": 100, "checkpoint.export": False}
+    base = train(_cfg(root, dirs, "opt_base", **over))
+    assert base["step"] == 3
+    ref = [r["loss"] for r in history(root / "opt_base")]
+    train(_cfg(root, dirs, "opt_ckpt", **over, **{"engine.activation_checkpointing": True}))
+    assert [r["loss"] for r in history(root / "opt_ckpt")] == pytest.approx(ref, rel=1e-6)
+    train(_cfg(root, dirs, "opt_bf16", **over, **{"engine.precision": "bf16"}))
+    assert [r["loss"] for r in history(root / "opt_bf16")] == pytest.approx(ref, rel=5e-2)
+    train(_cfg(root, dirs, "opt_pack", **over, **{"data.packing": True, "data.pack_len": 400}))
+    h = history(root / "opt_pack")
+    assert len(h) == 3 and all(r["loss"] == r["loss"] and r["padding_fraction"] < 0.2 for r in h)
