@@ -137,6 +137,7 @@ def test_score_tts_real_audio_and_decode_dir(tmp_path, asr):
     wer = next(r for r in rows if r["metric"] == "WER")
     assert wer["value"] <= 10.0 and wer["utterances"] == 3 and wer["model"] == "original audio"
     assert wer["test_set"] == "ast" and "whisper" in wer["asr_model"]
+    assert wer["scorer"] == wer["asr_model"] + ", english-norm"
     hyp = dict(l.split(maxsplit=1) for l in (out / "text").read_text().splitlines())
     assert set(hyp) == set(PROMPTS)
     assert "| tts | ast | WER (%) |" in (out / "RESULTS.md").read_text()

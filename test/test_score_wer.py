@@ -196,7 +196,7 @@ def test_score_asr_cli(tmp_path, capsys):
         3, "test_a", "decode_asr_beam1", "lm_small")
     assert wer["details"]["sub"] == 1 and wer["details"]["ins"] == 1
     md = (out / "RESULTS.md").read_text()
-    assert "| asr | test_a | WER (%) | 25.00 | 3 | lm_small | decode_asr_beam1 |" in md
+    assert "| asr | test_a | WER (%) | 25.00 | 3 | lm_small | decode_asr_beam1 | english-norm |" in md
     ali = (out / "alignments.txt").read_text()
     assert "id: u1\nREF:  the cat sat on THE mat\nHYP:  the cat sat on A   mat\nEVAL:                S" in ali
     assert "WER 25.00% [ 2 / 8, 1 sub, 0 del, 1 ins ]" in ali

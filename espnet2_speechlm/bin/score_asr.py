@@ -63,7 +63,8 @@ def score_asr(args: argparse.Namespace) -> dict:
     labels = infer_labels(args.hyp)
     labels.update({k: getattr(args, k) for k in ("test_set", "model", "decode_config") if getattr(args, k)})
     common = dict(utterances=len(score.utts), dir=str(out_dir), ref=str(args.ref), hyp=str(args.hyp),
-                  normalized=score.normalized, missing_hyp=missing, **labels)
+                  normalized=score.normalized, missing_hyp=missing,
+                  scorer="english-norm" if score.normalized else "raw text", **labels)
     rows = [
         make_row(args.task, metric="WER", value=score.wer, details=score.words.as_dict(), **common),
         make_row(args.task, metric="CER", value=score.cer, details=score.chars.as_dict(), **common),

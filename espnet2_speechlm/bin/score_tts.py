@@ -169,7 +169,8 @@ def score_tts(args: argparse.Namespace) -> dict:
                       "".join(json.dumps(json_safe(u.as_dict()), ensure_ascii=False) + "\n" for u in score.utts))
     common = dict(utterances=len(ids), dir=str(out_dir), ref=str(ref_path), audio=str(wav_scp),
                   asr_model=asr_desc, normalized=score.normalized, missing_audio=len(missing),
-                  audio_seconds=round(seconds, 2), **labels)
+                  audio_seconds=round(seconds, 2),
+                  scorer=asr_desc + (", english-norm" if score.normalized else ", raw text"), **labels)
     rows = [
         make_row(args.task, metric="WER", value=score.wer, details=score.words.as_dict(), **common),
         make_row(args.task, metric="CER", value=score.cer, details=score.chars.as_dict(), **common),
@@ -199,7 +200,7 @@ def _speaker_row(args, audio: DataDirAudio, ids: list[str], out_dir: Path, commo
     sims = {i: cosine_similarity(emb.embed(spk_ref.load(i)), emb.embed(audio.load(i))) for i in ids}
     atomic_write_text(out_dir / "spk_sim.txt", "".join(f"{i} {s:.6f}\n" for i, s in sims.items()))
     mean = sum(sims.values()) / len(sims) if sims else None
-    row_common = dict(common, utterances=len(sims))
+    row_common = dict(common, utterances=len(sims), scorer=emb.describe())
     return make_row(args.task, metric="SPK-SIM", value=mean, spk_model=emb.describe(), **row_common)
 
 

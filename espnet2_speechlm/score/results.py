@@ -7,7 +7,10 @@ Every scored decode directory gets two files written side by side:
 
 A ROW is a dict with the keys of :data:`COLUMNS` (``task``, ``test_set``,
 ``metric``, ``value``, ``utterances``, ``model``, ``decode_config``) plus
-optional extra keys (``dir``, ``details``) that the table does not show.
+optional extra keys: ``scorer`` (how the value was obtained: text
+normalisation, the ASR or speaker model; shown as the last column, since a
+TTS WER means little without the ASR model that produced it) and keys the
+table does not show (``dir``, ``details``, ...).
 There is one row per task, test set and metric.  Error rates (WER, CER)
 are in percent; similarities are cosine values in [-1, 1].  A value that is
 undefined (an error rate over zero reference words with insertions) is
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 COLUMNS = ("task", "test_set", "metric", "value", "utterances", "model", "decode_config")
-HEADERS = ("task", "test set", "metric", "value", "utterances", "model", "decode config")
+HEADERS = ("task", "test set", "metric", "value", "utterances", "model", "decode config", "scored by")
 RESULTS_MD = "RESULTS.md"
 RESULTS_JSON = "results.json"
 # Metrics whose value is a percentage (shown with two decimals and a % unit).
@@ -103,6 +106,7 @@ def format_table(rows: Sequence[dict]) -> str:
             str(r["utterances"]),
             r.get("model", "-"),
             r.get("decode_config", "-"),
+            r.get("scorer", "-"),
         ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
