@@ -39,6 +39,20 @@ def stft(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.T
     return torch.stft(x, n_fft, hop, n_fft, window, center=False, return_complex=True)
 
 
+def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """``[B, n, T]`` frames -> ``[B, (T - 1) * hop + n]`` summed at stride ``hop`` (k slices of the frame, k = ceil(n / hop))."""
+    b, n, t = frames.shape
+    k = -(-n // hop)
+    y = frames.new_zeros(b, t + k - 1, hop)
+    for i in range(k):
+        w = min(hop, n - i * hop)
+        y[:, i : i + t, :w] += frames[:, i * hop : i * hop + w, :].transpose(1, 2)
+    return y.reshape(b, -1)[:, : (t - 1) * hop + n]
+
+
+_NORM_CACHE: dict = {}
+
+
 def istft(spec: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
     """Weighted overlap-add inverse of :func:`stft` (``[B, F, T]`` -> ``[B, L]``).
 
@@ -46,11 +60,14 @@ def istft(spec: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> tor
     zero at the edges (the Hann window is)."""
     frames = torch.fft.irfft(spec, n=n_fft, dim=1) * window[None, :, None]
     t = spec.shape[-1]
-    length = (t - 1) * hop + n_fft
-    fold = lambda z: torch.nn.functional.fold(z, (1, length), (1, n_fft), stride=(1, hop))[:, 0, 0]
-    y = fold(frames)
-    norm = fold((window**2)[None, :, None].expand(1, n_fft, t))
-    return y / norm.clamp_min(1e-8)
+    key = (n_fft, hop, t, str(window.device), float(window.sum()))
+    norm = _NORM_CACHE.get(key)
+    if norm is None:
+        norm = _overlap_add((window**2)[None, :, None].expand(1, n_fft, t).contiguous(), hop).clamp_min(1e-8)
+        if len(_NORM_CACHE) > 64:
+            _NORM_CACHE.clear()
+        _NORM_CACHE[key] = norm
+    return _overlap_add(frames, hop) / norm
 
 
 def hz_to_mel(f):

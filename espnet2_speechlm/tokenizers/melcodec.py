@@ -43,6 +43,9 @@ class MelCodecConfig:
     griffin_lim_iters: int = 32
     momentum: float = 0.99
     nnls_iters: int = 20
+    # Griffin-Lim runs on a grid this many times denser than the 50 Hz codes
+    # (log-mel interpolated in time): more window overlap, cleaner phase.
+    synthesis_upsample: int = 2
     seed: int = 0
 
 
@@ -125,26 +128,38 @@ class MelRVQCodec:
     @torch.no_grad()
     def logmel_to_wav(self, logmel: torch.Tensor) -> np.ndarray:
         c = self.config
-        mel = torch.exp(logmel).T  # [M, T]
+        t = logmel.shape[0]
+        r = max(1, int(c.synthesis_upsample))
+        hop = HOP // r
+        if r > 1:
+            # synthesis frame u is centred at original-frame position (u + 0.5) / r - 0.5
+            pos = ((torch.arange(t * r, device=logmel.device, dtype=torch.float32) + 0.5) / r - 0.5).clamp(0, t - 1)
+            lo = pos.floor().long()
+            hi = (lo + 1).clamp(max=t - 1)
+            w = (pos - lo.float())[:, None]
+            logmel = logmel[lo] * (1 - w) + logmel[hi] * w
+        mel = torch.exp(logmel).T  # [M, T']
         # non-negative least squares for the linear magnitude: projected gradient from the pseudo-inverse
         mag = (self.fb_pinv @ mel).clamp_min(0)
         lr = 1.0 / float(torch.linalg.matrix_norm(self.fb, 2) ** 2)
         for _ in range(c.nnls_iters):
             mag = (mag - lr * self.fb.T @ (self.fb @ mag - mel)).clamp_min(0)
+        # magnitudes were analysed with hop 320; a denser grid sums more overlapping windows
         mag = mag[None]
         g = torch.Generator().manual_seed(c.seed)
         phase = torch.rand(mag.shape, generator=g).to(self.device) * 2 * np.pi
-        spec = mag * torch.exp(1j * phase)
+        spec = torch.polar(mag, phase)
         prev = torch.zeros_like(spec)
         for _ in range(c.griffin_lim_iters):
-            wav = istft(spec, c.n_fft, HOP, self.window)
-            proj = stft(wav, c.n_fft, HOP, self.window)
+            wav = istft(spec, c.n_fft, hop, self.window)
+            proj = stft(wav, c.n_fft, hop, self.window)
             accel = proj + c.momentum * (proj - prev) if c.momentum else proj
             prev = proj
-            spec = mag * torch.exp(1j * torch.angle(accel))
-        wav = istft(spec, c.n_fft, HOP, self.window)[0]
-        left = (c.n_fft - HOP) // 2
-        return wav[left : left + logmel.shape[0] * HOP].float().cpu().numpy()
+            # unit phasor without exp/angle (complex exp is the slowest op of the loop)
+            spec = mag * accel / accel.abs().clamp_min(1e-8)
+        wav = istft(spec, c.n_fft, hop, self.window)[0]
+        left = (c.n_fft - hop) // 2
+        return wav[left : left + t * HOP].float().cpu().numpy()
 
     def decode(self, codes) -> np.ndarray:
         """``[T, num_codebooks]`` codes -> 16 kHz float32 waveform of ``T * 320`` samples."""
