@@ -84,6 +84,12 @@ def test_reference_run_reports(reference):
     avg = load_file(str(exp / "model_avg" / "model.safetensors"))
     prev = load_file(str(exp / "checkpoints" / f"step_{TOTAL - 3:08d}" / "model" / "model.safetensors"))
     torch.testing.assert_close(avg["lm.lm_head.weight"], (w["lm.lm_head.weight"] + prev["lm.lm_head.weight"]) / 2)
+    from espnet2_speechlm.bin.average_checkpoints import main as average_main
+
+    assert average_main(["--exp", str(exp), "--last", "2", "--out", str(exp / "avg_cli")]) == 0
+    cli = load_file(str(exp / "avg_cli" / "model.safetensors"))
+    assert all(torch.equal(cli[k], avg[k]) for k in avg)
+    MultiStreamLM.from_pretrained(exp / "avg_cli")
 
 
 def test_kill9_and_resume_equals_uninterrupted(data, reference):
@@ -172,6 +178,8 @@ def test_bad_input_gives_clear_errors(data, tmp_path):
     random_body(dict(TINY_BODY), other).save_pretrained(tmp_path / "other")
     with pytest.raises(VocabError, match=r"vocabulary does not match the checkpoint .*text: \(434, 100\) vs \(434, 120\)"):
         train(_cfg(root, dirs, "othervocab", **{"init_from.checkpoint": str(tmp_path / "other")}))
+    with pytest.raises(Exception, match=f"{tmp_path}/nodev: not a data directory"):
+        train(_cfg(root, dirs, "nodev", **{"data.valid": [str(tmp_path / "nodev")]}))
     with pytest.raises(ConfigError, match="unknown key 'lrr'"):
         _cfg(root, dirs, "typo", **{"optim.lrr": 1.0})
     r = run_train(train_yaml(root / "typo2.yaml", root / "typo2", dirs), "engine.zero_stag=3")

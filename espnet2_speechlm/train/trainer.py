@@ -160,6 +160,8 @@ def train(cfg: TrainConfig) -> dict:
         dirs.append(DataDir(s.dir, loss_region=cfg.data.loss_region))
     mix = Mixture(dirs, [s.ratio for s in cfg.data.train])
     vocab = mix.vocab
+    # open the dev sets now: a wrong path must fail before hours of training, not at the first validation
+    valid_dirs = [DataDir(v, vocab=vocab, loss_region=cfg.data.loss_region) for v in cfg.data.valid]
 
     # model, then the state to start from
     last = ck.latest_checkpoint(ckroot) if cfg.resume else None
@@ -265,10 +267,10 @@ def train(cfg: TrainConfig) -> dict:
             stop_now = all_reduce_sum(float(sig.received > 0 or (cfg.stop_after and ran >= cfg.stop_after)), device) > 0
             do_ckpt = step % cfg.checkpoint.every == 0 or step == total or stop_now
             if cfg.log.valid_every and step % cfg.log.valid_every == 0 and not do_ckpt:
-                validate(cfg, engine, vocab, plan, device, world, rank, rep, step)
+                validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step)
             if do_ckpt:
                 if cfg.data.valid and not stop_now:
-                    validate(cfg, engine, vocab, plan, device, world, rank, rep, step)
+                    validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step)
                 save_checkpoint(cfg, engine, model, ckroot, step, epoch, offset, counters, rank, rep)
             if stop_now:
                 stop_reason = f"signal {sig.received}" if sig.received else f"stop_after={cfg.stop_after}"
@@ -387,12 +389,11 @@ def _hms(sec: float) -> str:
 
 
 @torch.no_grad()
-def validate(cfg, engine, vocab, plan, device, world, rank, rep, step) -> dict:
+def validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step) -> dict:
     engine.train(False)
     out = {}
     budget = cfg.data.valid_batch_bins or plan.micro_budget
-    for vdir in cfg.data.valid:
-        d = DataDir(vdir, vocab=vocab, loss_region=cfg.data.loss_region)
+    for d in valid_dirs:
         mbs, mix = eval_batches(d, budget, world, rank)
         # every rank runs as many forwards as rank 0, which has the most batches (FSDP and
         # ZeRO-3 gather parameters inside the forward); extra ones are not counted
@@ -415,7 +416,7 @@ def validate(cfg, engine, vocab, plan, device, world, rank, rep, step) -> dict:
         if world > 1:
             dist.all_reduce(t)
         t = t.cpu().numpy()
-        rec = {"step": step, "set": Path(vdir).name, "loss": t[0] / max(t[1], 1), "frames": t[1]}
+        rec = {"step": step, "set": d.path.name, "loss": t[0] / max(t[1], 1), "frames": t[1]}
         for i, k in enumerate(STAT_KEYS_CAT):
             if t[2 + len(STAT_KEYS_CAT) + i] > 0:
                 rec[k] = t[2 + i] / t[2 + len(STAT_KEYS_CAT) + i]
