@@ -129,3 +129,37 @@ def test_cli_and_hf_tokenizer_file(dump, tmp_path):
     assert got == want and (ref is None or ref == got)
     r = subprocess.run([PY, "-m", "espnet2_speechlm.bin.splice", "--task", "asr", "--vocab", str(vocab), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "needs speech tokens" in r.stderr
+
+
+def test_cli_reads_dump_and_data_dirs_and_leaves_out_skipped_utterances(dump, tmp_path):
+    import shutil
+
+    root, vocab, d = dump
+    dd = tmp_path / "dump"
+    dd.mkdir()
+    src = d["tokens"].parent
+    for f in ("tokens.scp", "utt2num_frames", "text", "utt2spk"):
+        lines = (src / f).read_text().splitlines()
+        if f in ("tokens.scp", "utt2num_frames"):
+            lines = [x for x in lines if not x.startswith("spk1-utt004 ")]  # the dump skipped it
+        (dd / f).write_text("\n".join(lines) + "\n")
+    shutil.copy(src / "tokens.ark", dd / "tokens.ark")
+    (dd / "tokens.scp").write_text((dd / "tokens.scp").read_text().replace(str(src / "tokens.ark"), str(dd / "tokens.ark")))
+    (dd / "skipped_utts").write_text("spk1-utt004 /x/y.wav empty audio\n")
+    out = tmp_path / "tts"
+    r = subprocess.run(
+        [PY, "-m", "espnet2_speechlm.bin.splice", "--task", "tts", "--vocab", str(vocab), "--out", str(out), "--dump_dir", str(dd),
+         "--data_dir", str(dd), "--text_tokenizer", "ids", "--speaker_prompt_len", "5"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    data = DataDir(out)
+    assert len(data) == 17 and "spk1-utt004" not in {u for ex in data.examples for u in ex["utts"]}
+    assert all(ex.get("spk") for ex in data.examples)
+    data.build(0)
+    (dd / "skipped_utts").unlink()
+    r = subprocess.run(
+        [PY, "-m", "espnet2_speechlm.bin.splice", "--task", "asr", "--vocab", str(vocab), "--out", str(out), "--dump_dir", str(dd),
+         "--data_dir", str(dd), "--text_tokenizer", "ids"], cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2 and "spk1-utt004" in r.stderr and "utterance ids do not match" in r.stderr

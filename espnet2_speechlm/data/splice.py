@@ -170,6 +170,7 @@ def splice(
     tokenizer: TextEncoder | None = None,
     utt2spk: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
+    skip: Iterable[str] = (),
 ) -> dict:
     """Write a data directory (see the module docstring); returns meta."""
     t0 = time.time()
@@ -212,6 +213,11 @@ def splice(
             if bad:
                 raise SpliceError(f"{p}:{n}: token ids {bad[:5]} outside the text block [0, {tsize}) of {vocab_path}")
             texts[u] = ids
+    skip = set(skip)
+    if skip:  # utterances the dump stage skipped (bad audio): leave them out everywhere
+        nframes = {u: v for u, v in nframes.items() if u not in skip}
+        texts = {u: v for u, v in texts.items() if u not in skip}
+        log(f"[splice] leaving out {len(skip)} utterances skipped by the token dump")
     if needs_speech and needs_text:
         only_s = sorted(set(nframes) - set(texts))
         only_t = sorted(set(texts) - set(nframes))
