@@ -1,0 +1,151 @@
+"""ESPnet back-ends loaded the way released models are: config.yaml + state dict, through the ESPnet task.
+
+Small randomly initialised models of the same classes (an ``ESPnetSSLModel``
+of ``espnet2.tasks.ssl`` with the wav2vec CNN front-end as XEUS has, and a
+DAC of ``espnet2.gan_codec``) are built, saved as ESPnet saves them, and
+loaded back through the toolkit's loading code.
+"""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+espnet2 = pytest.importorskip("espnet2")
+torch.set_num_threads(1)
+
+SSL_CONFIG = {
+    "token_list": ["<unk>"] + [str(i) for i in range(20)],
+    "input_size": None,
+    "frontend": "wav2vec_cnn",
+    "frontend_conf": {"norm_mode": "layer_norm", "conv_mode": "standard", "bias": False, "normalize_audio": True},
+    "specaug": None, "specaug_conf": {},
+    "normalize": None, "normalize_conf": {},
+    "preencoder": "linear", "preencoder_conf": {"output_size": 32},
+    "encoder": "transformer",
+    "encoder_conf": {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 3,
+                     "dropout_rate": 0.0, "positional_dropout_rate": 0.0, "attention_dropout_rate": 0.0, "input_layer": None},
+    "loss": [{"name": "hubert", "conf": {"num_classes": 20, "final_dim": 16}}],
+    "util": [{"name": "mask", "conf": {}}],
+    "model": "espnet", "model_conf": {},
+    "init": None,
+}
+
+CODEC_CONFIG = {
+    "codec": "dac",
+    "codec_conf": {
+        "sampling_rate": 16000,
+        "generator_params": {
+            "hidden_dim": 16, "encdec_n_filters": 4, "encdec_ratios": [8, 5, 4, 2], "encdec_lstm": 1,
+            "quantizer_n_q": 8, "quantizer_bins": 1024, "quantizer_kmeans_init": False,
+            "quantizer_target_bandwidth": [4.0], "quantizer_dropout": False,
+        },
+    },
+    "model_conf": {},
+}
+
+
+def save_espnet_model(task, config: dict, d):
+    """What ESPnet's trainer leaves behind: the args as config.yaml and a state dict file."""
+    import argparse
+
+    model = task.build_model(argparse.Namespace(**config))
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    torch.save(model.state_dict(), d / "model.pth")
+    return model
+
+
+@pytest.fixture(scope="module")
+def ssl_dir(tmp_path_factory):
+    from espnet2.tasks.ssl import SSLTask
+
+    d = tmp_path_factory.mktemp("ssl")
+    torch.manual_seed(0)
+    save_espnet_model(SSLTask, SSL_CONFIG, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def codec_dir(tmp_path_factory):
+    from espnet2.tasks.gan_codec import GANCodecTask
+
+    d = tmp_path_factory.mktemp("codec")
+    torch.manual_seed(0)
+    save_espnet_model(GANCodecTask, CODEC_CONFIG, d)
+    return d
+
+
+def speechlike(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 200 * t * (1 + 0.2 * np.sin(3 * t))) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_ssl_features_layers_and_rate(ssl_dir):
+    from espnet2_speechlm.tokenizers.semantic import ESPnetSSLFeatures, SemanticTokenizer
+
+    f2 = ESPnetSSLFeatures(ssl_dir / "config.yaml", ssl_dir / "model.pth", layer=2)
+    f3 = ESPnetSSLFeatures(ssl_dir / "config.yaml", ssl_dir / "model.pth", layer=3)
+    wavs = [speechlike(1.0), speechlike(2.37, 1)]
+    a, b = f2(wavs), f3(wavs)
+    for w, x in zip(wavs, a):
+        assert x.shape[1] == 32 and abs(x.shape[0] - len(w) / 320) <= 1
+    assert not torch.allclose(a[0], b[0])  # the layer choice matters
+    # loaded weights are the saved ones (not a fresh random init): two loads agree
+    again = ESPnetSSLFeatures(ssl_dir / "config.yaml", ssl_dir / "model.pth", layer=2)(wavs)[0]
+    assert torch.allclose(a[0], again, atol=1e-5)
+    fresh = ESPnetSSLFeatures(ssl_dir / "config.yaml", ssl_dir / "model.pth", layer=2)
+    torch.nn.init.normal_(next(fresh.model.parameters()))
+    assert not torch.allclose(fresh(wavs)[0], a[0], atol=1e-3)
+    # padding in a batch changes an utterance's features only slightly (the front-end normalises over the padded input)
+    alone = f2(wavs[:1])[0]
+    assert alone.shape == a[0].shape and torch.allclose(alone, a[0], atol=0.05)
+    with pytest.raises(ValueError, match="layer 9"):
+        ESPnetSSLFeatures(ssl_dir / "config.yaml", ssl_dir / "model.pth", layer=9)(wavs[:1])
+    sem = SemanticTokenizer.fit(f2, wavs * 4, 8, epochs=3)
+    units = sem.encode(wavs)
+    assert [len(u) for u in units] == [len(x) for x in a] and max(u.max() for u in units) < 8
+
+
+def test_espnet_codec_encode_decode(codec_dir):
+    from espnet2_speechlm.tokenizers.espnet_codec import ESPnetCodec
+    from espnet2_speechlm.tokenizers.speech import align_streams
+
+    codec = ESPnetCodec(codec_dir / "config.yaml", codec_dir / "model.pth", num_codebooks=8)
+    assert (codec.hop, codec.codebook_size) == (320, 1024)
+    wavs = [speechlike(1.0), speechlike(1.51, 2)]
+    codes = codec.encode(wavs)
+    for w, c in zip(wavs, codes):
+        assert c.shape[1] == 8 and abs(c.shape[0] - len(w) / 320) <= 1
+        assert c.min() >= 0 and c.max() < 1024
+    # batch padding does not change an utterance's frame count
+    assert codec.encode(wavs[1:])[0].shape == codes[1].shape
+    y = codec.decode(codes[0])
+    assert y.ndim == 1 and abs(len(y) - codes[0].shape[0] * 320) <= 320 and np.isfinite(y).all()
+    # streams from the MFCC path and the codec line up within one frame
+    from espnet2_speechlm.tokenizers.features import SpectralFeatures
+
+    sem = SpectralFeatures()(wavs[1:])[0]
+    assert align_streams("x", np.zeros(len(sem)), codes[1]).shape[1] == 9
+    with pytest.raises(ValueError, match="has 8 codebooks, 16 asked for"):
+        ESPnetCodec(codec_dir / "config.yaml", codec_dir / "model.pth", num_codebooks=16)
+
+
+def test_speech_tokenizer_with_espnet_backends(ssl_dir, codec_dir, tmp_path):
+    """tokenizer.json of the OpusLM-style setup (SSL k-means + ESPnet codec) loads back to the same tokenizer."""
+    from espnet2_speechlm.tokenizers.espnet_codec import ESPnetCodec
+    from espnet2_speechlm.tokenizers.semantic import ESPnetSSLFeatures, SemanticTokenizer
+    from espnet2_speechlm.tokenizers.speech import SpeechTokenizer, read_config
+
+    wavs = [speechlike(1.3), speechlike(0.9, 3)]
+    sem = SemanticTokenizer.fit(ESPnetSSLFeatures(ssl_dir / "config.yaml", ssl_dir / "model.pth", layer=3), wavs * 4, 8, epochs=2)
+    tok = SpeechTokenizer(sem, ESPnetCodec(codec_dir / "config.yaml", codec_dir / "model.pth"))
+    frames = tok.encode(wavs, ["a", "b"])
+    tok.save(tmp_path)
+    cfg = read_config(tmp_path)
+    assert (cfg["semantic_vocab_size"], cfg["num_codebooks"], cfg["codebook_size"]) == (8, 8, 1024)
+    assert cfg["semantic"]["features"]["layer"] == 3 and cfg["acoustic"]["type"] == "espnet_codec"
+    tok2 = SpeechTokenizer.load(tmp_path)
+    for x, y in zip(frames, tok2.encode(wavs)):
+        assert x.shape[1] == 9 and np.array_equal(x, y)
+    assert np.isfinite(tok2.decode(frames[0])).all()
