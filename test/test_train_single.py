@@ -229,3 +229,24 @@ def test_engine_options_activation_checkpointing_bf16_packing(data):
     train(_cfg(root, dirs, "opt_pack", **over, **{"data.packing": True, "data.pack_len": 400}))
     h = history(root / "opt_pack")
     assert len(h) == 3 and all(r["loss"] == r["loss"] and r["padding_fraction"] < 0.2 for r in h)
+
+
+def test_init_from_text_llm_and_pretrained(data, reference, tmp_path):
+    """model.init=llm goes through from_text_llm (a saved Hugging Face body), init=pretrained through from_pretrained."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root, dirs = data
+    body = dict(TINY_BODY)
+    conf = AutoConfig.for_model(body.pop("model_type"), vocab_size=100, **body)
+    AutoModelForCausalLM.from_config(conf).save_pretrained(tmp_path / "llm")
+    over = {"schedule.total_steps": 1, "checkpoint.every": 100}
+    out = train(_cfg(root, dirs, "init_llm", **over, **{"model.init": "llm", "model.llm_dir": str(tmp_path / "llm")}))
+    assert out["step"] == 1 and history(root / "init_llm")[0]["loss"] > 0
+    src = reference[0] / "checkpoints" / f"step_{TOTAL:08d}" / "model"
+    train(_cfg(root, dirs, "init_pre", **over, **{"model.init": "pretrained", "model.pretrained_dir": str(src), "optim.lr": 0.0}))
+    w, ws = final_weights(root / "init_pre"), final_weights(reference[0])
+    assert all(torch.equal(w[k], ws[k]) for k in ws)
+    conf = AutoConfig.for_model("llama", vocab_size=90, **body)
+    AutoModelForCausalLM.from_config(conf).save_pretrained(tmp_path / "llm90")
+    with pytest.raises(VocabError, match="text LLM"):
+        train(_cfg(root, dirs, "init_llm90", **over, **{"model.init": "llm", "model.llm_dir": str(tmp_path / "llm90")}))
