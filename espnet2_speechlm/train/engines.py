@@ -295,6 +295,20 @@ class DeepSpeedEngine:
     def full_state_dict(self) -> dict | None:
         import deepspeed
 
+        if self.cfg.engine.precision == "bf16":
+            # the module holds bf16 copies: export the optimizer's fp32 master weights
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            sd = {}
+            full = {id(p): safe_get_full_fp32_param(p) for p in _unique_params(self.model)}  # collective in ZeRO-3
+            if dist.get_rank() != 0:
+                return None
+            for n, p in self.model.named_parameters(remove_duplicate=False):
+                sd[n] = full[id(p)].detach().float().cpu().clone()
+            for n, b in self.model.named_buffers():
+                if n in self.model.state_dict():
+                    sd[n] = b.detach().cpu().clone()
+            return sd
         params = _unique_params(self.model)
         ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.cfg.engine.zero_stage == 3 else contextlib.nullcontext()
         with ctx:
