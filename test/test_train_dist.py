@@ -87,11 +87,16 @@ def test_deepspeed_launcher_zero1(setup):
 
     from train_helpers import PY, REPO
 
+    import socket
+
     root, dirs, refs = setup
+    with socket.socket() as sock:  # a free port: other test runs may share this machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     exp = root / "ds_launcher"
     cfg = train_yaml(root / "ds_launcher.yaml", exp, dirs, **OVER)
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PATH=f"{Path(PY).parent}:{os.environ['PATH']}")
-    cmd = [str(Path(PY).parent / "deepspeed"), "--num_gpus", "2", "--master_port", "29617", "--module", "espnet2_speechlm.bin.train",
+    cmd = [str(Path(PY).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "--module", "espnet2_speechlm.bin.train",
            "--config", str(cfg), "engine.name=deepspeed", "engine.zero_stage=1"]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
