@@ -11,7 +11,7 @@ workers:
    ``pool_size`` examples.  *Bucketing*: a pool is sorted by length and cut
    greedily into micro-batches whose padded size ``rows x longest`` (in LM
    steps, i.e. frames + N - 1) stays within the micro-batch budget.
-   *Packing*: a pool is packed first-fit-decreasing into rows of
+   *Packing*: a pool is packed best-fit-decreasing into rows of
    ``pack_len`` steps, and rows are grouped into micro-batches.
 3. **Global steps.**  One optimizer step consumes ``world_size x grad_accum``
    micro-batches (the micro-batch budget is ``batch_bins / (world_size x
@@ -28,6 +28,7 @@ equivalence that the distributed tests check.
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Iterator, Sequence
 
@@ -145,19 +146,22 @@ class BatchPlan:
             if cur:
                 out.append(tuple((int(x),) for x in cur))
             return out
-        # first-fit decreasing into rows of pack_len steps
+        # best-fit decreasing into rows of pack_len steps: each example goes to the row
+        # with the least room that still fits it (bisect on the sorted free space, so a
+        # pool costs O(n log n) rather than O(n x rows))
         order = pool[np.argsort(-L[pool], kind="stable")]
         rows: list[list[int]] = []
-        free: list[int] = []
+        free: list[tuple[int, int]] = []  # sorted (free steps, row index)
         for g in order:
-            for j, f in enumerate(free):
-                if L[g] <= f:
-                    rows[j].append(int(g))
-                    free[j] -= int(L[g])
-                    break
+            need = int(L[g])
+            j = bisect.bisect_left(free, (need, -1))
+            if j < len(free):
+                room, r = free.pop(j)
+                rows[r].append(int(g))
+                bisect.insort(free, (room - need, r))
             else:
                 rows.append([int(g)])
-                free.append(self.pack_len - int(L[g]))
+                bisect.insort(free, (self.pack_len - need, len(rows) - 1))
         per_mb = max(1, self.micro_budget // self.pack_len)
         for i in range(0, len(rows), per_mb):
             out.append(tuple(tuple(r) for r in rows[i : i + per_mb]))
