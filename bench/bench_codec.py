@@ -76,7 +76,7 @@ def load_asr():
         from espnet2_speechlm.score.whisper import WhisperASR
 
         asr = WhisperASR(cpu_threads=1)
-        return asr.transcribe
+        return lambda wavs: asr.transcribe_many(wavs, batch_size=8)
     except ImportError:
         pass
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,7 +102,7 @@ def load_asr():
                                    without_timestamps=True, max_new_tokens=int(16 + 6 * len(wav) / 16000))
         return " ".join(s.text for s in segs)
 
-    return transcribe
+    return lambda wavs: [transcribe(w) for w in wavs]
 
 
 def normalize(text: str) -> list[str]:
@@ -132,9 +132,10 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--n_mels", type=int, default=80)
     ap.add_argument("--synthesis_upsample", type=int, default=2)
-    ap.add_argument("--group_seconds", type=float, default=25.0,
+    ap.add_argument("--group_seconds", type=float, default=0.0,
                     help="utterances are transcribed in groups of up to this length (with 0.5 s of silence between): "
-                         "Whisper pads every input to 30 s, so grouping makes scoring many times faster; 0 = one at a time")
+                         "Whisper pads every input to 30 s, so grouping makes scoring faster, but Whisper then "
+                         "benefits from context on clean audio more than on decoded audio; 0 (default) = one at a time")
     ap.add_argument("--save_dir", default=None, help="keep the fitted codec here")
     ap.add_argument("--load_dir", default=None, help="use this fitted codec instead of fitting (experiments)")
     ap.add_argument("--inversion_only", action="store_true", help="also score Griffin-Lim from unquantised log-mel (diagnostic)")
@@ -190,7 +191,7 @@ def main(argv=None):
             out.append(y[: len(w)])
         return out
 
-    transcribe = load_asr()
+    transcribe_many = load_asr()
 
     def groups(n_items, lengths):
         out, cur, cur_len = [], [], 0.0
@@ -209,7 +210,7 @@ def main(argv=None):
     def score(wavs, refs):
         gap = np.zeros(8000, np.float32)
         g = groups(len(wavs), [len(w) for w in wavs])
-        hyps = [transcribe(np.concatenate([x for i in grp for x in (wavs[i], gap)])) for grp in g]
+        hyps = transcribe_many([np.concatenate([x for i in grp for x in (wavs[i], gap)]) if len(grp) > 1 else wavs[grp[0]] for grp in g])
         return [" ".join(refs[i] for i in grp) for grp in g], hyps
 
     results = {}

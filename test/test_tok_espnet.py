@@ -149,3 +149,35 @@ def test_speech_tokenizer_with_espnet_backends(ssl_dir, codec_dir, tmp_path):
     for x, y in zip(frames, tok2.encode(wavs)):
         assert x.shape[1] == 9 and np.array_equal(x, y)
     assert np.isfinite(tok2.decode(frames[0])).all()
+
+
+HUBERT_CONFIG = {
+    "token_list": [str(i) for i in range(10)],
+    "num_classes": 10,
+    "input_size": 1, "frontend": None, "frontend_conf": {},
+    "specaug": None, "specaug_conf": {}, "normalize": None, "normalize_conf": {},
+    "preencoder": None, "preencoder_conf": {},
+    "encoder": "torchaudio_hubert",
+    "encoder_conf": {
+        "extractor_conv_layer_config": [[8, 10, 5], [8, 3, 2], [8, 3, 2], [8, 3, 2], [8, 3, 2], [8, 2, 2], [8, 2, 2]],
+        "encoder_embed_dim": 32, "encoder_pos_conv_kernel": 16, "encoder_pos_conv_groups": 4, "encoder_num_layers": 3,
+        "encoder_num_heads": 2, "encoder_ff_interm_features": 64, "final_dim": 16, "encoder_layer_drop": 0.0,
+    },
+    "model": "torchaudio", "model_conf": {},
+    "init": None,
+}
+
+
+def test_hubert_features(tmp_path):
+    from espnet2.tasks.hubert import HubertTask
+
+    from espnet2_speechlm.tokenizers.semantic import ESPnetSSLFeatures
+
+    torch.manual_seed(0)
+    save_espnet_model(HubertTask, HUBERT_CONFIG, tmp_path)
+    wavs = [speechlike(1.0), speechlike(1.7, 4)]
+    f1 = ESPnetSSLFeatures(tmp_path / "config.yaml", tmp_path / "model.pth", layer=1, task="hubert")(wavs)
+    f3 = ESPnetSSLFeatures(tmp_path / "config.yaml", tmp_path / "model.pth", layer=3, task="hubert")(wavs)
+    for w, a, b in zip(wavs, f1, f3):
+        assert a.shape[1] == 32 and abs(a.shape[0] - len(w) / 320) <= 1 and a.shape == b.shape
+    assert not torch.allclose(f1[0], f3[0])
