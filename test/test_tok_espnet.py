@@ -90,6 +90,11 @@ def test_ssl_features_layers_and_rate(ssl_dir):
     a, b = f2(wavs), f3(wavs)
     for w, x in zip(wavs, a):
         assert x.shape[1] == 32 and abs(x.shape[0] - len(w) / 320) <= 1
+    # padded to the codec's framing: exactly ceil(n / 320) frames for any length
+    from espnet2_speechlm.tokenizers.features import frame_count
+
+    odd = [speechlike(n / 16000, 5) for n in (16001, 16319, 16320, 5000, 801)]
+    assert [len(x) for x in f2(odd)] == [frame_count(len(w)) for w in odd]
     assert not torch.allclose(a[0], b[0])  # the layer choice matters
     # loaded weights are the saved ones (not a fresh random init): two loads agree
     again = ESPnetSSLFeatures(ssl_dir / "config.yaml", ssl_dir / "model.pth", layer=2)(wavs)[0]
@@ -99,7 +104,7 @@ def test_ssl_features_layers_and_rate(ssl_dir):
     assert not torch.allclose(fresh(wavs)[0], a[0], atol=1e-3)
     # padding in a batch changes an utterance's features only slightly (the front-end normalises over the padded input)
     alone = f2(wavs[:1])[0]
-    assert alone.shape == a[0].shape and torch.allclose(alone, a[0], atol=0.05)
+    assert alone.shape == a[0].shape and float((alone - a[0]).abs().mean()) < 0.05
     with pytest.raises(ValueError, match="layer 9"):
         ESPnetSSLFeatures(ssl_dir / "config.yaml", ssl_dir / "model.pth", layer=9)(wavs[:1])
     sem = SemanticTokenizer.fit(f2, wavs * 4, 8, epochs=3)
@@ -179,5 +184,5 @@ def test_hubert_features(tmp_path):
     f1 = ESPnetSSLFeatures(tmp_path / "config.yaml", tmp_path / "model.pth", layer=1, task="hubert")(wavs)
     f3 = ESPnetSSLFeatures(tmp_path / "config.yaml", tmp_path / "model.pth", layer=3, task="hubert")(wavs)
     for w, a, b in zip(wavs, f1, f3):
-        assert a.shape[1] == 32 and abs(a.shape[0] - len(w) / 320) <= 1 and a.shape == b.shape
+        assert a.shape[1] == 32 and a.shape[0] == -(-len(w) // 320) and a.shape == b.shape
     assert not torch.allclose(f1[0], f3[0])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import kmeans as km
-from .features import SpectralFeatures
+from .features import HOP, SAMPLE_RATE, SpectralFeatures, frame_count
 
 
 class ESPnetSSLFeatures:
@@ -46,6 +46,15 @@ class ESPnetSSLFeatures:
         self.model, _ = Task.build_model_from_file(self.config_path, self.model_path, str(self.device))
         self.model.eval()
         self._dim = None
+        # A strided CNN front-end (wav2vec/XEUS/HuBERT: receptive field 400, stride 320) gives
+        # floor((n - 400) / 320) + 1 frames, up to 2 fewer than the codec's ceil(n / 320).  Measure
+        # the span on a 1 s probe and pad every input so that both streams have ceil(n / 320) frames.
+        self._span = None
+        with torch.no_grad():
+            probe = torch.zeros(1, SAMPLE_RATE, device=self.device)
+            hs, lens = self._all_layers(probe, torch.tensor([SAMPLE_RATE], device=self.device))
+        t1 = int(lens[0])
+        self._span = SAMPLE_RATE - HOP * (t1 - 1)
 
     def _all_layers(self, x: torch.Tensor, lens: torch.Tensor):
         m = self.model
@@ -74,14 +83,21 @@ class ESPnetSSLFeatures:
     def __call__(self, wavs) -> list[torch.Tensor]:
         if not wavs:
             return []
-        ws = [torch.as_tensor(w, dtype=torch.float32) for w in wavs]
+        ws, want = [], []
+        for w in wavs:
+            w = torch.as_tensor(w, dtype=torch.float32)
+            t = frame_count(len(w))
+            left = max(0, (self._span - HOP) // 2)
+            right = max(0, (t - 1) * HOP + self._span - left - len(w))
+            ws.append(torch.nn.functional.pad(w, (left, right)))
+            want.append(t)
         lens = torch.tensor([len(w) for w in ws])
         x = torch.nn.utils.rnn.pad_sequence(ws, batch_first=True).to(self.device)
         hs, out_lens = self._all_layers(x, lens.to(self.device))
         if not 1 <= self.layer <= len(hs):
             raise ValueError(f"{self.config_path}: layer {self.layer} asked for, the model has {len(hs)} layers")
         h = hs[self.layer - 1]
-        return [h[b, : int(out_lens[b])].float() for b in range(len(ws))]
+        return [h[b, : min(int(out_lens[b]), t)].float() for b, t in enumerate(want)]
 
 
 def build_features(spec: dict, device: str = "cpu"):
