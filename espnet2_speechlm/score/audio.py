@@ -17,11 +17,8 @@ are honoured by :func:`iter_data_dir_audio`.
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import subprocess
-from fractions import Fraction
 
 import numpy as np
 
@@ -56,36 +53,13 @@ def read_scp(path: str | os.PathLike, what: str = "wav.scp") -> dict[str, tuple[
     return out
 
 
-def resample(wav: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    if sr == target:
-        return wav.astype(np.float32, copy=False)
-    from scipy.signal import resample_poly
-
-    frac = Fraction(target, sr)
-    return resample_poly(wav, frac.numerator, frac.denominator).astype(np.float32)
-
-
 def _read_value(value: str) -> tuple[np.ndarray, int]:
-    import soundfile as sf
+    # one reader for the whole toolkit: files, "cmd |" pipes and ark offsets
+    from ..tokenizers.audio import read_spec
 
-    if value.endswith("|"):
-        proc = subprocess.run(value[:-1], shell=True, capture_output=True)
-        if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip()[-300:]
-            raise OSError(f"command failed (exit {proc.returncode}): {err}")
-        wav, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-        return wav, sr
-    if os.path.isfile(value):
-        return sf.read(value, dtype="float32", always_2d=True)
-    if _is_ark(value):
-        import kaldiio
-
-        sr, wav = kaldiio.load_mat(value)
-        wav = np.asarray(wav)
-        if np.issubdtype(wav.dtype, np.integer):
-            wav = wav.astype(np.float32) / 32768.0
-        return (wav[:, None] if wav.ndim == 1 else wav).astype(np.float32), int(sr)
-    raise FileNotFoundError(f"no such audio file {value!r}")
+    if not value.endswith("|") and not os.path.isfile(value) and not _is_ark(value):
+        raise FileNotFoundError(f"no such audio file {value!r}")
+    return read_spec(value)
 
 
 def _is_ark(value: str) -> bool:
@@ -101,7 +75,9 @@ def load_audio(value: str, where: str = "") -> np.ndarray:
         raise ScoringInputError(f"{prefix}cannot read audio {value!r}: {e}") from None
     if wav.shape[1] != 1:
         raise ScoringInputError(f"{prefix}audio {value!r} has {wav.shape[1]} channels; expected mono")
-    return resample(wav[:, 0], sr)
+    from ..tokenizers.audio import resample
+
+    return resample(wav[:, 0], sr).astype(np.float32, copy=False)
 
 
 def read_segments(path: str | os.PathLike) -> dict[str, tuple[str, float, float]]:

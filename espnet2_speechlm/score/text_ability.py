@@ -20,38 +20,38 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..interleave import delay
+from ..data.collate import collate
 from ..tasks import build_sequence
-from ..vocab import PAD
+
+
+def _first_stream_logprobs(model, seqs):
+    """Log-softmax of stream 0 over a batch of sequences (delayed, right-padded by ``collate``)."""
+    device = next(model.parameters()).device
+    b = collate(seqs)
+    steps, attn = b["steps"].to(device), b["attention_mask"].to(device)
+    h, _ = model.hidden(steps, attn)
+    return model.head(h, streams="first")[0].float().log_softmax(-1), steps
+
+
+def _segment_logprobs(logp, steps, seqs, lengths):
+    """log p of every content frame after the first of each sequence's first segment."""
+    out = []
+    for b, (s, n) in enumerate(zip(seqs, lengths)):
+        start = s.segments[0].start  # the token at frame t is predicted from step t - 1
+        tgt = steps[b, start + 1 : start + n, 0]
+        out.append(logp[b, start : start + n - 1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu().numpy())
+    return out
 
 
 @torch.no_grad()
 def speechlm_logprobs(model, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> list[np.ndarray]:
     """For each list of text ids (local): log p(ids[i] | prefix, ids[:i]) for i >= 1."""
-    vocab = model.vocab
     out = []
-    device = next(model.parameters()).device
     for i in range(0, len(sequences), batch_size):
         chunk = sequences[i : i + batch_size]
-        seqs = [build_sequence(vocab, "textlm", {"text": np.asarray(s, dtype=np.int64)}) for s in chunk]
-        L = max(len(s.frames) for s in seqs) + vocab.num_streams - 1
-        steps = torch.full((len(seqs), L, vocab.num_streams), PAD, dtype=torch.long)
-        attn = torch.zeros((len(seqs), L), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            d = torch.as_tensor(delay(s.frames, PAD))
-            steps[b, : len(d)] = d
-            attn[b, : len(d)] = 1
-        steps, attn = steps.to(device), attn.to(device)
-        h, _ = model.hidden(steps, attn)
-        logits0, _ = model.head(h, streams="first")
-        logp = logits0.float().log_softmax(-1)
-        for b, (s, ids) in enumerate(zip(seqs, chunk)):
-            start = s.segments[0].start  # first text frame
-            n = len(ids)
-            # the token at frame t is predicted from step t - 1
-            tgt = steps[b, start + 1 : start + n, 0]
-            lp = logp[b, start : start + n - 1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            out.append(lp.cpu().numpy())
+        seqs = [build_sequence(model.vocab, "textlm", {"text": np.asarray(s, dtype=np.int64)}) for s in chunk]
+        logp, steps = _first_stream_logprobs(model, seqs)
+        out += _segment_logprobs(logp, steps, seqs, [len(s) for s in chunk])
     return out
 
 
@@ -113,23 +113,10 @@ def speech_logprobs(model, frames_list: Sequence[np.ndarray], batch_size: int = 
     frames), the log-probability of its semantic token at every frame after
     the first, as an audiolm sequence (``[T - 1]`` per utterance).  Its
     perplexity is the speech analogue of text perplexity."""
-    vocab = model.vocab
-    device = next(model.parameters()).device
     out = []
     for i in range(0, len(frames_list), batch_size):
         chunk = frames_list[i : i + batch_size]
-        seqs = [build_sequence(vocab, "audiolm", {"speech": np.asarray(f, dtype=np.int64)}) for f in chunk]
-        L = max(len(s.frames) for s in seqs) + vocab.num_streams - 1
-        steps = torch.full((len(seqs), L, vocab.num_streams), PAD, dtype=torch.long)
-        attn = torch.zeros((len(seqs), L), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            d = torch.as_tensor(delay(s.frames, PAD))
-            steps[b, : len(d)] = d
-            attn[b, : len(d)] = 1
-        h, _ = model.hidden(steps.to(device), attn.to(device))
-        logp = model.head(h, streams="first")[0].float().log_softmax(-1)
-        for b, (s, f) in enumerate(zip(seqs, chunk)):
-            start, n = s.segments[0].start, len(f)
-            tgt = steps[b, start + 1 : start + n, 0].to(device)
-            out.append(logp[b, start : start + n - 1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu().numpy())
+        seqs = [build_sequence(model.vocab, "audiolm", {"speech": np.asarray(f, dtype=np.int64)}) for f in chunk]
+        logp, steps = _first_stream_logprobs(model, seqs)
+        out += _segment_logprobs(logp, steps, seqs, [len(f) for f in chunk])
     return out
