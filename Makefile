@@ -3,6 +3,7 @@
 #   make install      build tools/venv (seconds when already done)
 #   make test         install if needed, then run the test suite
 #   make bench        run the benchmarks (lines "NAME VALUE UNIT")
+#   make demo         the small offline end-to-end recipe (egs2/mini_espeak)
 #
 # GPU users choose their own torch build, for example:
 #   make install TORCH_SPEC=torch==2.13.0 TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128" \
@@ -53,6 +54,11 @@ test: install
 
 bench: install
 	@for f in bench/bench_*.py; do $(PY) $$f || exit 1; done
+
+# The small end-to-end recipe (offline, CPU, about 30 minutes on 2 cores).
+# Needs the Debian packages espeak-ng and fortunes (installed by the recipe when run as root).
+demo: install
+	cd egs2/mini_espeak/speechlm1 && ./run.sh
 
 clean-venv:
 	rm -rf $(VENV)
