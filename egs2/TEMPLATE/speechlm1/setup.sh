@@ -31,7 +31,7 @@ set -euo pipefail
 ./speechlm.sh \
     --cmd "${cmd}" \
     --train_set train --valid_set dev --test_sets "test" \
-    --train_config conf/train.yaml \
+    --train_config conf/train_speechlm.yaml \
     --decode_tasks "asr tts" \
     "$@"
 EOS
