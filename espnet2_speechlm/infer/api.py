@@ -113,6 +113,8 @@ class SpeechLM:
             raise FileNotFoundError(f"model directory not found: {path}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA GPU (use device='cpu' or 'auto')")
         if dtype is None:
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = MultiStreamLM.from_pretrained(path, dtype=dtype, device=device)

@@ -33,25 +33,30 @@ def _first_stream_logprobs(model, seqs):
     return model.head(h, streams="first")[0].float().log_softmax(-1), steps
 
 
-def _segment_logprobs(logp, steps, seqs, lengths):
-    """log p of every content frame after the first of each sequence's first segment."""
+def _segment_logprobs(logp, steps, seqs, lengths, greedy_out=None):
+    """log p of every content frame after the first of each sequence's first
+    segment; with ``greedy_out`` (a list), also whether each was the argmax."""
     out = []
     for b, (s, n) in enumerate(zip(seqs, lengths)):
         start = s.segments[0].start  # the token at frame t is predicted from step t - 1
         tgt = steps[b, start + 1 : start + n, 0]
-        out.append(logp[b, start : start + n - 1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu().numpy())
+        rows = logp[b, start : start + n - 1]
+        out.append(rows.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu().numpy())
+        if greedy_out is not None:
+            greedy_out.append((rows.argmax(-1) == tgt).cpu().numpy())
     return out
 
 
 @torch.no_grad()
-def speechlm_logprobs(model, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> list[np.ndarray]:
-    """For each list of text ids (local): log p(ids[i] | prefix, ids[:i]) for i >= 1."""
+def speechlm_logprobs(model, sequences: Sequence[Sequence[int]], batch_size: int = 16, greedy_out: list | None = None) -> list[np.ndarray]:
+    """For each list of text ids (local): log p(ids[i] | prefix, ids[:i]) for i >= 1.
+    ``greedy_out``: a list that receives, per sequence, whether each token was the argmax."""
     out = []
     for i in range(0, len(sequences), batch_size):
         chunk = sequences[i : i + batch_size]
         seqs = [build_sequence(model.vocab, "textlm", {"text": np.asarray(s, dtype=np.int64)}) for s in chunk]
         logp, steps = _first_stream_logprobs(model, seqs)
-        out += _segment_logprobs(logp, steps, seqs, [len(s) for s in chunk])
+        out += _segment_logprobs(logp, steps, seqs, [len(s) for s in chunk], greedy_out)
     return out
 
 
