@@ -150,7 +150,12 @@ def generate(
     mask0 = torch.stack([masks0.get(m) for m in mods])  # [B, V]
     eos_only = torch.full((vocab.size,), float("-inf"), device=device)
     eos_only[SOS_EOS] = 0.0
-    s0_cfg = [cfg.text if m == "text" else cfg.semantic for m in mods]
+    # prompts that share a sampling config are sampled together
+    s0_groups = []
+    for key in ("text", "audio"):
+        rows = [b for b, m in enumerate(mods) if m == key]
+        if rows:
+            s0_groups.append((cfg.text if key == "text" else cfg.semantic, torch.as_tensor(rows, device=device)))
     head = model.head
     restricted = bool(getattr(head, "restricted", False))
     sem = vocab.block("semantic") if vocab.has_block("semantic") else None
@@ -171,23 +176,22 @@ def generate(
     while True:
         logits0, rest = head(last)
         x = torch.full((B, N), PAD, dtype=torch.long, device=device)
-        # ---- stream 0
+        # ---- stream 0 (vectorised over the batch; one sample() per sampling config)
         l0 = logits0.float() + mask0
-        for b in range(B):
-            if eos_at[b] >= 0:
-                continue
-            if s >= hi[b]:
-                row = logits0[b].float() + eos_only
-                forced[b] = True
-            elif s < lo[b]:
-                row = l0[b].clone()
-                row[SOS_EOS] = float("-inf")
-            else:
-                row = l0[b].clone()
-                row[SOS_EOS] = logits0[b, SOS_EOS].float()
-            x[b, 0] = sample(row[None], s0_cfg[b], gen)[0]
-            if x[b, 0] == SOS_EOS:
-                eos_at[b] = s
+        eos_logit = logits0[:, SOS_EOS].float()
+        allow_eos = torch.as_tensor(s >= lo, device=device)
+        l0[:, SOS_EOS] = torch.where(allow_eos, eos_logit, torch.full_like(eos_logit, float("-inf")))
+        force = s >= hi
+        if force.any():
+            fidx = torch.as_tensor(np.nonzero(force)[0], device=device)
+            l0[fidx] = logits0[fidx].float() + eos_only
+        active = eos_at < 0
+        forced |= force & active
+        for cfg_i, rows in s0_groups:
+            x[rows, 0] = sample(l0[rows], cfg_i, gen)
+        x[torch.as_tensor(~active, device=device), 0] = PAD
+        new_eos = active & (x[:, 0] == SOS_EOS).cpu().numpy()
+        eos_at[new_eos] = s
         # ---- streams >= 1
         for n in range(1, N):
             if s < n:  # frame inside the prompt: copy it
