@@ -134,3 +134,22 @@ def test_bad_input(packed, tmp_path):
     (broken / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         SpeechLM.from_pretrained(broken)
+
+
+def test_tts_nbest_selection_by_asr(packed):
+    """n-best TTS samples n candidates and keeps the one Whisper transcribes best."""
+    from espnet2_speechlm.infer.generate import GenerationConfig, SamplingConfig
+
+    lm = SpeechLM.from_pretrained(packed["pack"], device="cpu")
+    s = SamplingConfig(temperature=1.0)
+    cfg = DecodeConfig(GenerationConfig(semantic=s, acoustic=s, seed=1), min_len=20, max_len=40, nbest=3)
+    calls = []
+    orig = lm._select_by_asr
+
+    def spy(cands, text):
+        calls.append(len(cands))
+        return orig(cands, text)
+
+    lm._select_by_asr = spy
+    frames = lm.tts_tokens([packed["text"]], cfg=cfg)
+    assert calls == [3] and frames[0].shape[1] == 9 and 20 <= len(frames[0]) <= 40
