@@ -41,3 +41,15 @@ TINY_LLAMA = dict(
 @pytest.fixture
 def tiny_llama_cfg():
     return dict(TINY_LLAMA)
+
+
+@pytest.fixture(scope="session")
+def mini_fast_recipe(tmp_path_factory):
+    """egs2/mini_espeak run once per session with --fast true: (recipe dir, its run).
+
+    Shared by test_recipe_mini and the recipes that fine-tune its packed model
+    (test_recipe_asterisk), so that the tiny model is trained only once."""
+    from recipe_helpers import ROOT, copy_recipe, sh
+
+    d = copy_recipe(ROOT / "egs2" / "mini_espeak" / "speechlm1", tmp_path_factory.mktemp("mini") / "speechlm1")
+    return d, sh(d, "./run.sh", "--fast", "true")

@@ -41,10 +41,8 @@ def sh(cwd, *args, check=True):
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    d = copy_recipe(tmp_path_factory.mktemp("mini") / "speechlm1")
-    r = sh(d, "./run.sh", "--fast", "true")
-    return d, r
+def recipe(mini_fast_recipe):
+    return mini_fast_recipe  # conftest.py: run once per session, shared with test_recipe_asterisk
 
 
 def test_full_pipeline_writes_results(recipe):
