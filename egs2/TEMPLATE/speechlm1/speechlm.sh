@@ -140,8 +140,13 @@ vocab=${dumpdir}/vocab.json
 init_model_dir=""
 if [ -n "${init_model}" ]; then
   # the exported model inside a packed dir, a checkpoint or a checkpoints dir (its latest)
-  init_model_dir=$(${python} -c "import sys; from espnet2_speechlm.train.checkpoint import find_model_dir; print(find_model_dir(sys.argv[1]))" "${init_model}") \
-    || fail "--init_model ${init_model}: no trained model there"
+  init_model_dir=$(${python} -c "
+import sys
+from espnet2_speechlm.train.checkpoint import find_model_dir
+try:
+    print(find_model_dir(sys.argv[1]))
+except FileNotFoundError as e:
+    sys.exit(f'ERROR: {e}')" "${init_model}") || fail "--init_model ${init_model}: no trained model there"
 fi
 
 # ------------------------------------------------- stage 1: data preparation
@@ -224,17 +229,22 @@ fi
 if run_stage 5; then
   begin 5 "joint vocabulary -> ${vocab}"
   if [ -n "${init_model_dir}" ]; then
-    # fine-tuning keeps the model's own ids: its vocab.json, checked against the speech tokenizer
-    ${python} - "${init_model_dir}/vocab.json" "${speech_tokenizer_dir}" "${vocab}" <<'EOP' || fail "stage 5: --init_model ${init_model} does not fit --speech_tokenizer ${speech_tokenizer_dir}"
+    # fine-tuning keeps the model's own ids: its vocab.json, checked against the tokenizers
+    ${python} - "${init_model_dir}/vocab.json" "${speech_tokenizer_dir}" "${text_tok}" "${vocab}" <<'EOP' \
+      || fail "stage 5: --init_model ${init_model} does not fit --speech_tokenizer ${speech_tokenizer_dir} / --text_tokenizer ${text_tok}"
 import sys
 from espnet2_speechlm.tokenizers.speech import read_config
+from espnet2_speechlm.tokenizers.text import load_text_tokenizer
 from espnet2_speechlm.vocab import JointVocab
 v, sp = JointVocab.load(sys.argv[1]), read_config(sys.argv[2])
 got = (v.block("semantic").size, v.block("acoustic").size)
 want = (sp["semantic_vocab_size"], sp["num_codebooks"] * sp["codebook_size"])
 if got != want:
     sys.exit(f"ERROR: {sys.argv[1]}: semantic/acoustic blocks {got} but {sys.argv[2]}/tokenizer.json has {want}")
-out = v.save(sys.argv[3])
+n_text = load_text_tokenizer(sys.argv[3]).vocab_size
+if n_text > v.block("text").size:
+    sys.exit(f"ERROR: {sys.argv[1]}: text block of {v.block('text').size} ids, but {sys.argv[3]} has {n_text} tokens")
+out = v.save(sys.argv[4])
 print(f"[stage 5] {sys.argv[1]} -> {out} ({v.size} ids)", file=sys.stderr)
 EOP
   else
