@@ -25,7 +25,7 @@ if [ "${fast}" = true ]; then
 else
   conf=conf
   data_opts="--vocab_words 500 --num_test 60 --voices_per_sentence 4"
-  tok_args="--semantic mfcc --semantic_k 500 --acoustic mel_rvq --codebook_size 1024"
+  tok_args="--semantic mfcc --semantic_k 500 --acoustic mel_rvq --codebook_size 1024 --max_frames 100000 --epochs 8 --num_threads 2"
   bpe=1000
 fi
 
