@@ -102,6 +102,22 @@ def test_data_is_filtered_resampled_and_held_out(asterisk):
     assert "number with an ambiguous reading" in dropped
 
 
+@needs_mini
+def test_starting_model_that_does_not_fit_the_tokenizer_is_refused(asterisk, tmp_path):
+    import shutil
+
+    d, mini, _ = asterisk
+    tok = tmp_path / "speech_tokenizer"
+    shutil.copytree(mini / "exp/packed/speech_tokenizer", tok)
+    cfg = json.loads((tok / "tokenizer.json").read_text())
+    cfg["semantic_vocab_size"] += 1
+    (tok / "tokenizer.json").write_text(json.dumps(cfg))
+    r = sh(d, "./run.sh", "--fast", "true", "--pretrained", str(mini / "exp/packed"), "--speech_tokenizer", str(tok),
+           "--stage", "5", "--stop_stage", "5", "--dumpdir", str(tmp_path / "dump"), check=False)
+    assert r.returncode != 0 and "semantic/acoustic blocks" in r.stderr and "does not fit" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "dump" / "vocab.json").exists()
+
+
 def test_normalisation():
     import importlib.util
 
