@@ -251,3 +251,39 @@ def test_no_download_without_permission(tmp_path):
     d = copy_recipe(RECIPE, tmp_path / "r")
     r = sh(d, "local/data.sh", "--download", "false", check=False)
     assert r.returncode != 0 and "is missing and --download is false" in r.stderr
+
+
+@needs_espeak
+def test_download_path_against_a_local_mirror(stand_in, tmp_path):
+    """local/data.sh's download, extraction and skip logic, served by a local HTTP mirror (never openslr)."""
+    import functools
+    import http.server
+    import tarfile
+    import threading
+
+    _, libri, _ = stand_in
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for part in ("train-clean-100", "test-clean"):
+        with tarfile.open(mirror / f"{part}.tar.gz", "w:gz") as t:
+            t.add(libri / part, arcname=f"LibriSpeech/{part}")
+    (mirror / "dev-clean.tar.gz").write_bytes((mirror / "test-clean.tar.gz").read_bytes()[:2000])  # cut short
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        d = copy_recipe(RECIPE, tmp_path / "r")
+        opts = ["--url_base", url, "--train_parts", "train-clean-100", "--eval_parts", "test-clean"]
+        r = sh(d, "local/data.sh", *opts)
+        assert "downloading" in r.stderr and (d / "downloads/LibriSpeech/test-clean/.complete").exists()
+        assert len((d / "data/train_960/text").read_text().splitlines()) == 16
+        assert len((d / "data/test_clean/text").read_text().splitlines()) == 3
+        r = sh(d, "local/data.sh", *opts)
+        assert "downloading" not in r.stderr and "test-clean: already extracted" in r.stderr
+        r = sh(d, "local/data.sh", "--url_base", url, "--train_parts", "train-clean-100", "--eval_parts", "dev-clean",
+               check=False)
+        assert r.returncode != 0 and "extracting downloads/dev-clean.tar.gz failed" in r.stderr, r.stderr[-2000:]
+        assert not (d / "downloads/LibriSpeech/dev-clean/.complete").exists()
+    finally:
+        server.shutdown()

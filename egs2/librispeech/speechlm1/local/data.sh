@@ -22,6 +22,7 @@ eval_parts="dev-clean dev-other test-clean test-other"
 . ./path.sh
 . utils/parse_options.sh
 train_parts=${train_parts//,/ }   # also accepted comma-separated (one word inside --local_data_opts)
+eval_parts=${eval_parts//,/ }
 
 log() { echo "local/data.sh: $*" >&2; }
 fetch() {  # fetch URL OUT: resumable download to OUT
@@ -49,10 +50,11 @@ if [ -z "${librispeech_dir}" ]; then
     fi
     log "extracting ${tgz}"
     rm -rf "${librispeech_dir:?}/${part}"
-    tar -xzf "${tgz}" -C "${download_dir}"   # the archives hold LibriSpeech/<part>/...
+    # the archives hold LibriSpeech/<part>/...
+    tar -xzf "${tgz}" -C "${download_dir}" || { log "ERROR: extracting ${tgz} failed (a damaged download? delete it and run again)"; exit 1; }
     [ -d "${librispeech_dir}/${part}" ] || { log "ERROR: ${tgz} did not contain LibriSpeech/${part}"; exit 1; }
     touch "${librispeech_dir}/${part}/.complete"
-    [ "${remove_archives}" = true ] && rm -f "${tgz}"
+    if [ "${remove_archives}" = true ]; then rm -f "${tgz}"; fi
   done
 else
   [ -d "${librispeech_dir}" ] || { log "ERROR: --librispeech_dir ${librispeech_dir}: not a directory"; exit 1; }
