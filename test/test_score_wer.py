@@ -233,6 +233,16 @@ def test_results_and_collect(tmp_path):
     assert collect_cli.main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
 
 
+def test_collect_keeps_a_repeated_row_once(tmp_path):
+    base = make_row("textlm", "test", "perplexity", 159.3, 51, "text_llm", "-")
+    write_results(tmp_path / "m1", [base, make_row("textlm", "test", "perplexity", 170.0, 51, "m1", "-")])
+    write_results(tmp_path / "m2", [base, make_row("textlm", "test", "perplexity", 165.0, 51, "m2", "-")])
+    write_results(tmp_path / "m3", [make_row("textlm", "test", "perplexity", 158.0, 51, "text_llm", "-")])
+    rows = collect_results([tmp_path])
+    assert sorted((r["model"], r["value"]) for r in rows) == [
+        ("m1", 170.0), ("m2", 165.0), ("text_llm", 158.0), ("text_llm", 159.3)]
+
+
 def test_labels_from_decode_paths():
     from espnet2_speechlm.score.results import infer_labels
 

@@ -193,14 +193,23 @@ def _sort_key(r: dict) -> tuple:
 
 
 def collect_results(dirs: Iterable[str | os.PathLike]) -> list[dict]:
-    """Rows of every results.json under ``dirs``, each tagged with its ``dir``."""
-    rows = []
+    """Rows of every results.json under ``dirs``, each tagged with its ``dir``.
+
+    A row that repeats another's task, test set, metric, model, decode config
+    and value (a base LLM's perplexity scored beside each of several models)
+    is kept once; rows that disagree are all kept.
+    """
+    rows, seen = [], set()
     for p in find_result_files(dirs):
         data = _load_json(p)
         if isinstance(data, dict) and data.get("collected"):
             continue
         for r in read_rows(p):
             r = dict(r)
+            key = (_sort_key(r), json.dumps(json_safe(r.get("value")), sort_keys=True))
+            if key in seen:
+                continue
+            seen.add(key)
             r.setdefault("dir", str(p.parent))
             rows.append(r)
     rows.sort(key=_sort_key)
