@@ -52,6 +52,10 @@ class GenerationConfig:
     max_len: int = 1000
     use_cache: bool = True
     seed: int = 0
+    # text targets only (ASR): beam search with this many beams instead of
+    # sampling; hypotheses are ranked by log-probability / length**length_penalty
+    beam_size: int = 1
+    length_penalty: float = 1.0
 
 
 @dataclass
@@ -59,6 +63,7 @@ class GenerationResult:
     tokens: np.ndarray  # local ids: text [T] or audio [T, N]
     frames: np.ndarray  # global ids of the generated content frames [T, N]
     finished: bool  # True when the model emitted <sos/eos>; False when cut at max_len/context
+    score: float | None = None  # beam search: log-probability of the tokens and <sos/eos>
 
 
 def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -98,6 +103,41 @@ class _Stream0Masks:
         return self.masks[modality]
 
 
+def left_padded_prompts(model, prompts: Sequence[np.ndarray], device):
+    """Check the prompts and delay them into one left-padded batch.
+
+    Returns (prompt lengths P [B], the prompts as tensors, delayed steps
+    [B, max P, N], attention mask [B, max P])."""
+    N = model.vocab.num_streams
+    for b, p in enumerate(prompts):
+        if p.ndim != 2 or p.shape[1] != N:
+            raise ValueError(f"prompt {b}: expected [P, {N}] frames, got shape {p.shape}")
+        model.check_length(len(p), f"prompt {b}")
+    B = len(prompts)
+    P = np.array([len(p) for p in prompts])
+    L = int(P.max())
+    steps = torch.full((B, L, N), PAD, dtype=torch.long, device=device)
+    attn = torch.zeros((B, L), dtype=torch.long, device=device)
+    prompt_t = []
+    for b, p in enumerate(prompts):
+        pt = torch.as_tensor(np.asarray(p), dtype=torch.long, device=device)
+        prompt_t.append(pt)
+        steps[b, L - P[b] :] = delay(pt, PAD)[: P[b]]
+        attn[b, L - P[b] :] = 1
+    return P, prompt_t, steps, attn
+
+
+def length_limits(model, P: np.ndarray, cfg: GenerationConfig, min_len=None, max_len=None):
+    """Per-prompt (min, max) target frames, max cut so that the whole delayed
+    sequence (prompt + target + <sos/eos> + N-1 flush) fits the context."""
+    B = len(P)
+    ctx = model.max_steps or 10**9
+    lo = np.array(min_len if min_len is not None else [cfg.min_len] * B)
+    hi = np.array(max_len if max_len is not None else [cfg.max_len] * B)
+    hi = np.minimum(hi, ctx - P - model.vocab.num_streams).clip(min=0)
+    return np.minimum(lo, hi), hi
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -120,31 +160,17 @@ def generate(
     if B == 0:
         return []
     mods = [modality] * B if isinstance(modality, str) else list(modality)
+    if cfg.beam_size > 1:
+        if any(m != "text" for m in mods):
+            raise ValueError(f"beam_size={cfg.beam_size}: beam search is for text targets (ASR); speech is sampled")
+        from .beam_search import beam_search
+
+        return beam_search(model, prompts, cfg, min_len, max_len)
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
 
-    P = np.array([len(p) for p in prompts])
-    ctx = model.max_steps or 10**9
-    for b, p in enumerate(prompts):
-        if p.ndim != 2 or p.shape[1] != N:
-            raise ValueError(f"prompt {b}: expected [P, {N}] frames, got shape {p.shape}")
-        model.check_length(len(p), f"prompt {b}")
-    lo = np.array(min_len if min_len is not None else [cfg.min_len] * B)
-    hi = np.array(max_len if max_len is not None else [cfg.max_len] * B)
-    # the whole delayed sequence (prompt + target + <sos/eos> + N-1 flush) must fit the context
-    hi = np.minimum(hi, ctx - P - N).clip(min=0)
-    lo = np.minimum(lo, hi)
-
-    L = int(P.max())
-    steps = torch.full((B, L, N), PAD, dtype=torch.long, device=device)
-    attn = torch.zeros((B, L), dtype=torch.long, device=device)
-    prompt_t = []
-    for b, p in enumerate(prompts):
-        pt = torch.as_tensor(np.asarray(p), dtype=torch.long, device=device)
-        prompt_t.append(pt)
-        steps[b, L - P[b] :] = delay(pt, PAD)[: P[b]]
-        attn[b, L - P[b] :] = 1
+    P, prompt_t, steps, attn = left_padded_prompts(model, prompts, device)
+    lo, hi = length_limits(model, P, cfg, min_len, max_len)
 
     masks0 = _Stream0Masks(vocab, device, torch.float32)
     mask0 = torch.stack([masks0.get(m) for m in mods])  # [B, V]
