@@ -10,13 +10,17 @@ through exactly the code path a SmolLM2 directory takes (model/build.py).
 The config (strict keys)::
 
     hf_config: {model_type: llama, hidden_size: 256, num_hidden_layers: 6, ...}
-    steps: 1500            batch_tokens: 8192      max_len: 96
+    steps: 1500            batch_tokens: 8192      max_len: 96     pack_len: 0
     lr: 1.0e-3             warmup_steps: 100       min_lr_ratio: 0.1
     weight_decay: 0.01     precision: bf16         seed: 0
     valid_lines: 200       threads: 0
 
 Each line is one training row (right-padded; its first token has no
-context).  ``out_dir`` gets config.json + model.safetensors (written under a
+context), or with ``pack_len > 0`` the lines, shuffled, are concatenated and
+cut into rows of ``pack_len`` tokens.  Packing matters when the model is to
+start a speech LM: there a transcript follows hundreds of speech frames, and
+a model that only ever saw one short line per row has never attended over
+such distances.  ``out_dir`` gets config.json + model.safetensors (written under a
 temporary name, then renamed), the tokenizer file, and ``train_log.tsv``.
 """
 
@@ -43,6 +47,7 @@ class TextLMConfig:
     steps: int = 1500
     batch_tokens: int = 8192
     max_len: int = 96
+    pack_len: int = 0  # > 0: concatenate lines into rows of this many tokens
     lr: float = 1.0e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
@@ -80,6 +85,15 @@ def batches(rows: list[np.ndarray], batch_tokens: int, rng: np.random.Generator)
     while True:
         for g in rng.permutation(len(groups)):
             yield [rows[i] for i in groups[g]]
+
+
+def pack_rows(rows: list[np.ndarray], pack_len: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Rows concatenated in a random order and cut into ``pack_len`` pieces (the last, shorter one kept if >= 2)."""
+    if pack_len < 2:
+        raise ValueError(f"pack_len must be >= 2, got {pack_len}")
+    flat = np.concatenate([rows[i] for i in rng.permutation(len(rows))])
+    out = [flat[i : i + pack_len] for i in range(0, len(flat), pack_len)]
+    return [r for r in out if len(r) >= 2]
 
 
 def to_tensors(batch):
@@ -127,6 +141,9 @@ def main(argv=None) -> int:
     valid = [rows[i] for i in perm[: cfg.valid_lines]]
     train = [rows[i] for i in perm[cfg.valid_lines :]]
     log(f"read {a.text}: {len(train)} training / {len(valid)} validation lines, {sum(map(len, train))} tokens, vocabulary {tok.vocab_size}")
+    if cfg.pack_len > 0:
+        train = pack_rows(train, cfg.pack_len, rng)
+        log(f"packed into {len(train)} rows of {cfg.pack_len} tokens")
 
     d = dict(cfg.hf_config)
     conf = AutoConfig.for_model(d.pop("model_type", "llama"), vocab_size=int(tok.vocab_size), **d)
