@@ -75,6 +75,18 @@ def test_finished_stages_are_skipped_and_later_stages_run_alone(recipe):
     assert "already complete" in r.stderr and (d / "RESULTS.md").exists()
 
 
+def test_training_with_changed_settings_is_refused_and_checkpoints_kept(recipe):
+    d, _ = recipe
+    ck = sorted(p.name for p in (d / "exp/speechlm/checkpoints").iterdir())
+    r = sh(d, "./run.sh", "--fast", "true", "--stage", "7", "--stop_stage", "7", "--train_args", "optim.lr=1e-4", check=False)
+    assert r.returncode != 0
+    assert "exp/speechlm holds a training run begun with other settings" in r.stderr and "mv exp/speechlm" in r.stderr
+    assert sorted(p.name for p in (d / "exp/speechlm/checkpoints").iterdir()) == ck
+    # the same settings as before: the finished run is found complete, nothing retrained
+    r = sh(d, "./run.sh", "--fast", "true", "--stage", "7", "--stop_stage", "7")
+    assert "holds a training run" not in r.stderr
+
+
 def test_help_lists_every_stage(recipe):
     d, _ = recipe
     r = sh(d, "./speechlm.sh", "--help")

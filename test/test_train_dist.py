@@ -8,11 +8,14 @@ FSDP2 and ZeRO-3 runs are also killed half-way (a clean stop) and resumed
 from their engine-native sharded checkpoints.
 """
 
+import re
+
 import pytest
 import torch
 from train_helpers import final_weights, history, make_data_dirs, run_train, train_yaml
 
 STEPS = 4
+PARAMS_M = None  # the size the one-rank reference logs (set by the fixture)
 OVER = {"schedule.total_steps": STEPS, "checkpoint.every": STEPS, "data.batch_bins": 1600}
 
 
@@ -21,10 +24,13 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     dirs = make_data_dirs(root, tasks=("asr", "tts"), n_utt=24)
     refs = {}
+    global PARAMS_M
     for accum in (2, 4):  # one rank accumulating what 2 ranks x (1 or 2) micro-batches see
         refs[accum] = root / f"ref{accum}"
         r = run_train(train_yaml(root / f"ref{accum}.yaml", refs[accum], dirs, **OVER), f"engine.grad_accum={accum}")
         assert r.returncode == 0, r.stderr[-3000:]
+        PARAMS_M = re.search(r"model: ([0-9.]+)M parameters", r.stderr).group(1)
+    assert float(PARAMS_M) > 0
     return root, dirs, refs
 
 
@@ -44,6 +50,8 @@ def _run(root, dirs, name, overrides, resume_half=False, env=None):
     assert r.returncode == 0, r.stderr[-3000:]
     if resume_half:
         assert "resuming from" in r.stderr
+    # the whole model's size, also where ZeRO-3 / FSDP2 leave each rank a shard
+    assert re.findall(r"model: ([0-9.]+)M parameters", r.stderr) == [PARAMS_M], r.stderr[-3000:]
     return exp
 
 

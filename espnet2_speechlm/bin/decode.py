@@ -217,6 +217,26 @@ def merge(args, ids_per_job: list[list[str]]) -> None:
     shutil.copy(parts[0] / "decode.yaml", out / "decode.yaml")
 
 
+def input_identity(args) -> dict:
+    """Size and modification time of the files a decode reads: a model trained
+    again into the same directory, or a changed config or test set, is decoded
+    again instead of being taken as already done."""
+    files = [Path(args.model_dir) / f for f in ("model.safetensors", "config.json", "vocab.json", "decode.yaml")]
+    for f in (args.config, args.token_scp):
+        if f:
+            files.append(Path(f))
+    if args.data_dir:
+        files += [Path(args.data_dir) / f for f in ("wav.scp", "text", "segments")]
+    out = {}
+    for f in files:
+        try:
+            st = f.stat()
+            out[str(f)] = [st.st_size, st.st_mtime_ns]
+        except FileNotFoundError:
+            pass
+    return out
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     ids = utterance_ids(args)
@@ -236,7 +256,8 @@ def main(argv=None) -> int:
         except cfgmod.ConfigError as e:
             print(f"ERROR: {e}", file=sys.stderr)
             return 2
-    stamp = json.dumps({k: v for k, v in vars(args).items() if k not in ("cmd", "job")}, sort_keys=True)
+    stamp = json.dumps({**{k: v for k, v in vars(args).items() if k not in ("cmd", "job")},
+                        "inputs": input_identity(args)}, sort_keys=True)
     if (out / DONE).exists() and (out / DONE).read_text() == stamp:
         log(f"{out} is already complete for these inputs; nothing to do")
         return 0

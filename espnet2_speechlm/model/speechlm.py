@@ -219,4 +219,5 @@ class MultiStreamLM(nn.Module):
         return delay(frames, PAD)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+        # ZeRO-3 leaves each rank an empty placeholder and records the full size as ds_numel
+        return sum(getattr(p, "ds_numel", p.numel()) for p in {id(p): p for p in self.parameters()}.values())

@@ -319,9 +319,25 @@ model_init_overrides() {
   elif [ -n "${llm_dir}" ]; then echo "model.init=llm" "model.llm_dir=${llm_dir}"; fi
 }
 
+# A training directory resumes when the same command runs again; one begun
+# with other settings is refused (its checkpoints kept) instead of being
+# "resumed" into a run that matches neither.
+claim_exp_dir() {  # claim_exp_dir DIR SIGNATURE
+  local d=$1
+  if [ -d "${d}/checkpoints" ] && [ -f "${d}/.recipe_signature" ] && [ "$(cat "${d}/.recipe_signature")" != "$2" ]; then
+    fail "${d} holds a training run begun with other settings (config, data mix, initialisation or extra args changed).
+  Its checkpoints are kept. To train again: mv ${d} ${d}.old (or choose another --expdir) and rerun;
+  to continue it with the new settings: rm ${d}/.recipe_signature"
+  fi
+  mkdir -p "${d}" && echo "$2" > "${d}/.recipe_signature"
+}
+file_identity() { stat -c '%n %s %Y' "$@" 2>/dev/null || true; }
+
 if run_stage 7 && [ "${skip_train}" = false ]; then
   begin 7 "training ${train_config} -> ${expdir}/speechlm"
   set_data_overrides "${tasks}"
+  # shellcheck disable=SC2046
+  claim_exp_dir "${expdir}/speechlm" "$(signature "$(cat "${train_config}")" $(model_init_overrides) "${data_ovr[@]}" "${train_args}")"
   # shellcheck disable=SC2046,SC2086
   launch_train "${train_config}" "exp_dir=${expdir}/speechlm" $(model_init_overrides) "${data_ovr[@]}" ${train_args}
   end 7
@@ -333,6 +349,8 @@ if run_stage 8 && [ "${skip_train}" = false ] && [ -n "${anneal_config}" ]; then
   # the annealed model is built from the pretraining run's latest exported model
   pre_model=$(${python} -c "import sys; from espnet2_speechlm.train.checkpoint import find_model_dir; print(find_model_dir(sys.argv[1]))" "${expdir}/speechlm/checkpoints") \
     || fail "no pretraining checkpoint in ${expdir}/speechlm: run stage 7 first"
+  claim_exp_dir "${expdir}/speechlm_anneal" "$(signature "$(cat "${anneal_config}")" "$(file_identity "${pre_model}/model.safetensors")" \
+    "${data_ovr[@]}" "${anneal_args}")"
   # shellcheck disable=SC2086
   launch_train "${anneal_config}" "exp_dir=${expdir}/speechlm_anneal" "init_from.checkpoint=${expdir}/speechlm/checkpoints" \
     model.init=pretrained "model.pretrained_dir=${pre_model}" "${data_ovr[@]}" ${anneal_args}
