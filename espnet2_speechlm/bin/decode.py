@@ -23,6 +23,7 @@ that finished is not run again.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -218,9 +219,11 @@ def merge(args, ids_per_job: list[list[str]]) -> None:
 
 
 def input_identity(args) -> dict:
-    """Size and modification time of the files a decode reads: a model trained
-    again into the same directory, or a changed config or test set, is decoded
-    again instead of being taken as already done."""
+    """What identifies the files a decode reads: a model trained again into the
+    same directory, or a changed config or test set, is decoded again instead
+    of being taken as already done.  Small files by their content (packing
+    rewrites decode.yaml unchanged), large ones (weights, which packing copies
+    with their times) by size and modification time."""
     files = [Path(args.model_dir) / f for f in ("model.safetensors", "config.json", "vocab.json", "decode.yaml")]
     for f in (args.config, args.token_scp):
         if f:
@@ -231,7 +234,10 @@ def input_identity(args) -> dict:
     for f in files:
         try:
             st = f.stat()
-            out[str(f)] = [st.st_size, st.st_mtime_ns]
+            if st.st_size < 2**20:
+                out[str(f)] = hashlib.sha1(f.read_bytes()).hexdigest()
+            else:
+                out[str(f)] = [st.st_size, st.st_mtime_ns]
         except FileNotFoundError:
             pass
     return out
