@@ -28,7 +28,7 @@ import torch
 
 from ..tasks import parse_generated
 from ..vocab import PAD, SOS_EOS
-from .generate import GenerationConfig, GenerationResult, left_padded_prompts, length_limits
+from .generate import GenerationConfig, GenerationResult, Stream0Masks, left_padded_prompts, length_limits, prompt_carry
 
 
 @torch.no_grad()
@@ -50,12 +50,9 @@ def beam_search_nbest(model, prompts: Sequence[np.ndarray], cfg: GenerationConfi
     P, prompt_t, steps, attn = left_padded_prompts(model, prompts, device)
     lo, hi = length_limits(model, P, cfg, min_len, max_len)
 
-    text = vocab.block("text")
-    allowed = torch.full((vocab.size,), float("-inf"), device=device)
-    allowed[text.start : text.end] = 0.0
+    masks = Stream0Masks(vocab, device, torch.float64)
+    allowed = masks.get("text").clone()
     allowed[SOS_EOS] = 0.0  # removed again below min_len
-    eos_only = torch.full((vocab.size,), float("-inf"), device=device)
-    eos_only[SOS_EOS] = 0.0
 
     # the prompts run once, then their cache is copied to the K beams
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
@@ -79,7 +76,7 @@ def beam_search_nbest(model, prompts: Sequence[np.ndarray], cfg: GenerationConfi
         logp = torch.log_softmax(logits0.double(), -1).view(B, K, -1)
         for b in range(B):
             if s >= hi[b]:
-                logp[b] += eos_only
+                logp[b] += masks.eos_only
             else:
                 logp[b] += allowed
                 if s < lo[b]:
@@ -124,12 +121,8 @@ def beam_search_nbest(model, prompts: Sequence[np.ndarray], cfg: GenerationConfi
         cache.reorder_cache(beam_idx)
         x = torch.full((B * K, N), PAD, dtype=torch.long, device=device)
         x[:, 0] = torch.as_tensor(new_tok.reshape(-1), device=device)
-        for n in range(1, N):
-            if s + 1 < n:  # stream n of step s+1 still belongs to a prompt frame
-                for b in range(B):
-                    f = P[b] + s + 1 - n
-                    if f >= 0:
-                        x[b * K : (b + 1) * K, n] = prompt_t[b][f, n]
+        for n in range(s + 2, N):  # streams of step s+1 that still belong to prompt frames
+            x[:, n] = prompt_carry(prompt_t, P, s + 1, n, device).repeat_interleave(K)
         all_attn = torch.cat([all_attn, torch.ones((B * K, 1), dtype=all_attn.dtype, device=device)], 1)
         pos = all_attn.sum(-1, keepdim=True) - 1
         h, cache = model.hidden(x[:, None], all_attn, pos, cache, use_cache=True)

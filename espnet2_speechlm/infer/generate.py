@@ -85,10 +85,12 @@ def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-class _Stream0Masks:
+class Stream0Masks:
     """Allowed stream-0 ids per target modality, as additive -inf masks."""
 
     def __init__(self, vocab, device, dtype):
+        self.eos_only = torch.full((vocab.size,), float("-inf"), device=device, dtype=dtype)
+        self.eos_only[SOS_EOS] = 0.0
         self.masks = {}
         for mod, block in (("text", "text"), ("audio", "semantic")):
             if vocab.has_block(block):
@@ -125,6 +127,18 @@ def left_padded_prompts(model, prompts: Sequence[np.ndarray], device):
         steps[b, L - P[b] :] = delay(pt, PAD)[: P[b]]
         attn[b, L - P[b] :] = 1
     return P, prompt_t, steps, attn
+
+
+def prompt_carry(prompt_t: Sequence[torch.Tensor], P: np.ndarray, step: int, n: int, device) -> torch.Tensor:
+    """Stream ``n`` at generation step ``step`` (< n) of each prompt: it still
+    belongs to prompt frame ``P + step - n``, copied, never sampled (``<pad>``
+    for a prompt too short to have that frame)."""
+    out = torch.full((len(P),), PAD, dtype=torch.long, device=device)
+    for b, pt in enumerate(prompt_t):
+        f = P[b] + step - n
+        if f >= 0:
+            out[b] = pt[f, n]
+    return out
 
 
 def length_limits(model, P: np.ndarray, cfg: GenerationConfig, min_len=None, max_len=None):
@@ -172,10 +186,8 @@ def generate(
     P, prompt_t, steps, attn = left_padded_prompts(model, prompts, device)
     lo, hi = length_limits(model, P, cfg, min_len, max_len)
 
-    masks0 = _Stream0Masks(vocab, device, torch.float32)
+    masks0 = Stream0Masks(vocab, device, torch.float32)
     mask0 = torch.stack([masks0.get(m) for m in mods])  # [B, V]
-    eos_only = torch.full((vocab.size,), float("-inf"), device=device)
-    eos_only[SOS_EOS] = 0.0
     # prompts that share a sampling config are sampled together
     s0_groups = []
     for key in ("text", "audio"):
@@ -210,7 +222,7 @@ def generate(
         force = s >= hi
         if force.any():
             fidx = torch.as_tensor(np.nonzero(force)[0], device=device)
-            l0[fidx] = logits0[fidx].float() + eos_only
+            l0[fidx] = logits0[fidx].float() + masks0.eos_only
         active = eos_at < 0
         forced |= force & active
         for cfg_i, rows in s0_groups:
@@ -221,10 +233,7 @@ def generate(
         # ---- streams >= 1
         for n in range(1, N):
             if s < n:  # frame inside the prompt: copy it
-                for b in range(B):
-                    f = P[b] + s - n
-                    if f >= 0:  # (a very short prompt has nothing before its first frame)
-                        x[b, n] = prompt_t[b][f, n]
+                x[:, n] = prompt_carry(prompt_t, P, s, n, device)
                 continue
             g = s - n  # generated frame this stream belongs to
             is_audio = torch.zeros(B, dtype=torch.bool, device=device)

@@ -137,16 +137,19 @@ else
 fi
 if [ -n "${base_llm}" ]; then llm_dir=${base_llm}; elif [ -n "${text_llm_config}" ]; then llm_dir=${expdir}/text_llm; else llm_dir=""; fi
 vocab=${dumpdir}/vocab.json
-init_model_dir=""
-if [ -n "${init_model}" ]; then
-  # the exported model inside a packed dir, a checkpoint or a checkpoints dir (its latest)
-  init_model_dir=$(${python} -c "
+# the exported model inside a packed dir, a checkpoint or a checkpoints dir (its latest)
+find_model_dir() {
+  ${python} -c "
 import sys
 from espnet2_speechlm.train.checkpoint import find_model_dir
 try:
     print(find_model_dir(sys.argv[1]))
 except FileNotFoundError as e:
-    sys.exit(f'ERROR: {e}')" "${init_model}") || fail "--init_model ${init_model}: no trained model there"
+    sys.exit(f'ERROR: {e}')" "$1"
+}
+init_model_dir=""
+if [ -n "${init_model}" ]; then
+  init_model_dir=$(find_model_dir "${init_model}") || fail "--init_model ${init_model}: no trained model there"
 fi
 
 # ------------------------------------------------- stage 1: data preparation
@@ -347,7 +350,7 @@ if run_stage 8 && [ "${skip_train}" = false ] && [ -n "${anneal_config}" ]; then
   begin 8 "annealing ${anneal_config} -> ${expdir}/speechlm_anneal"
   set_data_overrides "${anneal_tasks:-${tasks}}"
   # the annealed model is built from the pretraining run's latest exported model
-  pre_model=$(${python} -c "import sys; from espnet2_speechlm.train.checkpoint import find_model_dir; print(find_model_dir(sys.argv[1]))" "${expdir}/speechlm/checkpoints") \
+  pre_model=$(find_model_dir "${expdir}/speechlm/checkpoints") \
     || fail "no pretraining checkpoint in ${expdir}/speechlm: run stage 7 first"
   claim_exp_dir "${expdir}/speechlm_anneal" "$(signature "$(cat "${anneal_config}")" "$(file_identity "${pre_model}/model.safetensors")" \
     "${data_ovr[@]}" "${anneal_args}")"
