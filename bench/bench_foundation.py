@@ -5,6 +5,9 @@ multistream_step_overhead       train step (fwd+bwd+AdamW) of the 9-stream model
                                 (SmolLM2-135M shape: 30 layers, width 576; 1.7B joint vocabulary)
 restricted_head_peak_mem_ratio  peak memory of the loss with streams >= 1 over their codebook
                                 / all 9 streams over the whole 62.6k vocabulary
+stream0_restricted_step_speedup  train step (bf16 autocast, AdamW) of the small recipe's model shape
+                                (6 layers, width 256, 9,948-id vocabulary, 24 x 256 steps of audio and text) with
+                                stream 0 scored over the full vocabulary / over every id but the acoustic codes
 kv_cache_speedup_500            wall time to generate 500 frames without / with the KV cache
 collate_frames_per_s            frames/s through splicing + delay interleave + padding
 collate_to_step_ratio           collate_frames_per_s / frames/s of a training step of the
@@ -118,6 +121,39 @@ def bench_restricted_head_memory(T=512):
     report("restricted_head_peak_mem_ratio", peaks[True] / peaks[False], "ratio")
 
 
+def bench_stream0_restriction(rows=24, T=256, repeats=3):
+    import dataclasses
+
+    from espnet2_speechlm.model import ModelConfig
+
+    vocab = JointVocab.build({"semantic": 500, "acoustic": 8 * 1024, "text": 1000})
+    cfg = dict(model_type="llama", hidden_size=256, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=4,
+               intermediate_size=768, max_position_embeddings=2048, tie_word_embeddings=True)
+    rng = np.random.default_rng(0)
+    seqs = []
+    for i in range(rows):  # half speech continuation, half ASR-shaped rows of the same length
+        if i % 2:
+            seqs.append(build_sequence(vocab, "audiolm", {"speech": random_audio(rng, T - 12, vocab)}))
+        else:
+            seqs.append(build_sequence(vocab, "asr", {"speech": random_audio(rng, T - 40, vocab), "text": rng.integers(0, 1000, 18)}))
+    b = collate(seqs)
+    times = {}
+    for restrict in (False, True, False, True):  # interleaved: both see the same machine load
+        torch.manual_seed(0)
+        m = random_body(cfg, vocab, dataclasses.replace(ModelConfig(), restrict_stream0_logits=restrict))
+
+        def fn():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return m(b["steps"], b["loss_mask"], b["attention_mask"])[0]
+
+        times.setdefault(restrict, []).append(step_time(fn, m.parameters(), repeats))
+    full, restricted = min(times[False]), min(times[True])
+    frames = int(b["attention_mask"].sum())
+    log(f"[stream0] {frames} steps: full vocabulary {full:.2f}s ({frames / full:.0f} frames/s), "
+        f"restricted {restricted:.2f}s ({frames / restricted:.0f} frames/s)")
+    report("stream0_restricted_step_speedup", full / restricted, "ratio")
+
+
 def bench_kv_cache(frames=500):
     vocab = JointVocab.build({"semantic": 500, "acoustic": 8 * 256, "text": 2000})
     cfg = dict(model_type="llama", hidden_size=384, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
@@ -186,11 +222,13 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["_loss_peak"]:
         _loss_peak_child(bool(int(sys.argv[2])), int(sys.argv[3]))
         sys.exit(0)
-    which = sys.argv[1:] or ["overhead", "memory", "kvcache", "collate"]
+    which = sys.argv[1:] or ["overhead", "memory", "stream0", "kvcache", "collate"]
     if "overhead" in which:
         bench_step_overhead()
     if "memory" in which:
         bench_restricted_head_memory()
+    if "stream0" in which:
+        bench_stream0_restriction()
     if "kvcache" in which:
         bench_kv_cache()
     if "collate" in which:

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -62,6 +63,39 @@ def test_restricted_head_logits_equal_full_head_logits(small_vocab, tiny_llama_c
     assert rest.shape[-1] == 1 + 16
 
 
+def small_vocab_acoustic_mask(v) -> torch.Tensor:
+    a = v.block("acoustic")
+    m = torch.zeros(v.size, dtype=torch.bool)
+    m[a.start : a.end] = True
+    return m
+
+
+def test_stream0_head_scores_every_id_but_acoustic_codes(small_vocab, tiny_llama_cfg):
+    m = random_body(tiny_llama_cfg, small_vocab)
+    h = torch.randn(2, 5, 64)
+    l0, _ = m.head(h)
+    full = torch.nn.functional.linear(h + m.head.stream_emb[0], m.head.weight)
+    ac = small_vocab_acoustic_mask(small_vocab)
+    assert torch.isneginf(l0[..., ac]).all()
+    torch.testing.assert_close(l0[..., ~ac], full[..., ~ac])
+    local, _ = m.head(h, local0=True)
+    assert local.shape[-1] == small_vocab.size - int(ac.sum())
+    torch.testing.assert_close(local, full[..., ~ac])
+    # switched off, stream 0 is scored over the whole vocabulary
+    m2 = random_body(tiny_llama_cfg, small_vocab, dataclasses.replace(m.cfg, restrict_stream0_logits=False))
+    assert m2.head.stream0_index.numel() == 0
+    assert torch.isfinite(m2.head(h)[0]).all()
+
+
+def test_loss_refuses_an_acoustic_code_in_stream0(small_vocab, tiny_llama_cfg):
+    m = random_body(tiny_llama_cfg, small_vocab)
+    seq = np.zeros((1, 6, 9), dtype=np.int64)
+    seq[0, :, 0] = small_vocab.block("acoustic").start + 3  # a codec id where a semantic/text id belongs
+    steps = torch.as_tensor(seq)
+    with pytest.raises(ValueError, match="stream 0"):
+        m(steps, torch.ones(1, 6, 9, dtype=torch.bool))
+
+
 def test_model_forward_matches_unrestricted_loss_form(small_vocab, tiny_llama_cfg):
     """The model's loss equals the loss computed from the full-vocabulary head
     with the softmax of streams >= 1 taken over <pad> + their codebook."""
@@ -77,8 +111,9 @@ def test_model_forward_matches_unrestricted_loss_form(small_vocab, tiny_llama_cf
     tgt, msk = steps[:, 1:], mask[:, 1:]
     full = torch.nn.functional.linear(h.unsqueeze(-2) + m.head.stream_emb, m.head.weight)  # [1,S,9,V]
     w = weight_per_category(m.cfg.loss_weights)[category_table(small_vocab)[tgt]] * msk
-    total = torch.nn.functional.cross_entropy(full[..., 0, :].reshape(-1, small_vocab.size), tgt[..., 0].reshape(-1), reduction="none").view(1, -1) * w[..., 0]
-    total = total.sum()
+    # stream 0: softmax over every id but the acoustic codes
+    logp0 = full[..., 0, :].masked_fill(small_vocab_acoustic_mask(small_vocab), float("-inf")).log_softmax(-1)
+    total = -(logp0.gather(-1, tgt[..., 0:1]).squeeze(-1) * w[..., 0]).sum()
     for n in range(1, 9):
         idx = m.head.acoustic_index[n - 1]
         sub = full[..., n, idx].log_softmax(-1)

@@ -29,6 +29,9 @@ class ModelConfig:
     head: str = "shared"
     # compute the logits of streams >= 1 over <pad> + their codebook only
     restrict_acoustic_logits: bool = True
+    # compute the logits of stream 0 over every id but the acoustic codes (which
+    # stream 0 never holds): they get probability 0 instead of a learned small one
+    restrict_stream0_logits: bool = True
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     # the vocabulary this model was built for (vocab.json's fingerprint)

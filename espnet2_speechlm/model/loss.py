@@ -46,6 +46,13 @@ def acoustic_local_targets(targets: torch.Tensor, acoustic_index: torch.Tensor) 
     return local
 
 
+def stream0_local_targets(targets: torch.Tensor, stream0_index: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Global stream-0 ids -> their position in ``stream0_index`` (-1 where not in it)."""
+    table = torch.full((vocab_size,), -1, dtype=torch.long, device=targets.device)
+    table[stream0_index] = torch.arange(stream0_index.numel(), device=targets.device)
+    return table[targets]
+
+
 def multistream_loss(
     logits0: torch.Tensor,
     logits_rest: torch.Tensor | None,
@@ -54,9 +61,11 @@ def multistream_loss(
     categories: torch.Tensor,
     cat_weights: torch.Tensor,
     acoustic_index: torch.Tensor | None,
+    stream0_index: torch.Tensor | None = None,
 ):
     """
-    logits0      [B, S, V]              stream 0 over the whole vocabulary
+    logits0      [B, S, V]              stream 0 over the whole vocabulary, or
+                 [B, S, V0]             over ``stream0_index`` (the ids stream 0 can hold)
     logits_rest  [B, S, N-1, V'] | None streams >= 1 (V' = 1 + C when restricted)
     targets      [B, S, N]              global ids (the input shifted by one step)
     loss_mask    [B, S, N] bool         which target tokens are in the loss
@@ -67,9 +76,16 @@ def multistream_loss(
     cat = categories[targets]  # [B, S, N]
     w = cat_weights.to(logits0.dtype if logits0.is_floating_point() else torch.float32)[cat] * loss_mask
     w = w.float()
-    ce0 = F.cross_entropy(logits0.float().reshape(B * S, -1), targets[..., 0].reshape(-1), reduction="none").view(B, S)
+    t0 = targets[..., 0]
+    if stream0_index is not None:
+        t0 = stream0_local_targets(t0, stream0_index, categories.shape[0])
+        if bool(((t0 < 0) & loss_mask[..., 0]).any()):
+            bad = targets[..., 0][(t0 < 0) & loss_mask[..., 0]][:5].tolist()
+            raise ValueError(f"stream 0 holds ids that stream 0 is not scored over (acoustic codes?): {bad}")
+        t0 = t0.clamp_min(0)
+    ce0 = F.cross_entropy(logits0.float().reshape(B * S, -1), t0.reshape(-1), reduction="none").view(B, S)
     ce = [ce0]
-    correct = [(logits0.argmax(-1) == targets[..., 0])]
+    correct = [(logits0.argmax(-1) == t0)]
     if N > 1:
         t_rest = targets[..., 1:]
         if acoustic_index is not None and acoustic_index.numel():

@@ -6,6 +6,8 @@ vocab_words=500
 num_test=60
 voices_per_sentence=4
 max_train_sentences=0
+clause_voices=0       # >0: also speak the clauses of in-vocabulary sentences (more short training texts)
+speed_range=130:200   # espeak-ng words per minute of the training speech
 . ./path.sh
 . utils/parse_options.sh
 
@@ -22,4 +24,5 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 python local/make_corpus.py --data data --wav_dir downloads/wav --vocab_words "${vocab_words}" --num_test "${num_test}" \
-  --voices_per_sentence "${voices_per_sentence}" --max_train_sentences "${max_train_sentences}"
+  --voices_per_sentence "${voices_per_sentence}" --max_train_sentences "${max_train_sentences}" \
+  --clause_voices "${clause_voices}" --speed_range "${speed_range}"

@@ -6,7 +6,11 @@ only sentences of 4-12 words whose words are all among the ``--vocab_words``
 most frequent ones (a tiny model can learn that vocabulary in minutes); the
 text-only corpus (``data/lm_text``) is every clean sentence except the
 dev/test ones.  Test sentences are held out of training, and so are the test
-voices; every test word occurs in some training sentence.
+voices; every test word occurs in some training sentence.  With
+``--clause_voices`` the clauses of every in-vocabulary fortune sentence (split
+at , ; : and sentence ends, 3-10 words) are spoken too: several times more
+short training texts over the same words.  A clause that occurs inside a
+dev/test sentence is left out.
 
 Writes data/{train,dev,test}/{wav.scp,text,utt2spk}, data/lm_text/text and
 the wav files under --wav_dir (16 kHz, mono).
@@ -55,6 +59,23 @@ def words(s: str) -> list[str]:
     return re.findall(r"[a-z']+", s.lower())
 
 
+def held_clauses(sentences: list[str], vocab: set[str], held: set[str]) -> list[str]:
+    """Clauses of 3-10 in-vocabulary words (as written, punctuation stripped), in first-seen order;
+    none whose words occur as a run in a held-out sentence, so that no test text is trained on."""
+    held_text = [" " + " ".join(words(s)) + " " for s in held]
+    out = {}
+    for s in sentences:
+        for part in re.split(r"[,;:.!?]", s):
+            w = words(part)
+            if not 3 <= len(w) <= 10 or not all(x in vocab for x in w):
+                continue
+            key = " ".join(w)
+            if key in out or any(" " + key + " " in h for h in held_text) or part.strip() in held:
+                continue
+            out[key] = part.strip()
+    return list(out.values())
+
+
 def render(text: str, voice: str, speed: int) -> np.ndarray:
     raw = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=True).stdout
     wav, sr = sf.read(io.BytesIO(raw), dtype="float32")
@@ -75,6 +96,12 @@ def main() -> int:
     p.add_argument("--num_test", type=int, default=60, help="held-out sentences for test (and as many for dev)")
     p.add_argument("--voices_per_sentence", type=int, default=4, help="training renderings of each sentence")
     p.add_argument("--max_train_sentences", type=int, default=0, help="0: all")
+    p.add_argument("--clause_voices", type=int, default=0,
+                   help="also train on the clauses (3-10 words, split at , ; :) of every fortune sentence made of the "
+                        "--vocab_words words, each spoken by this many voices (0: none); clauses that occur in a held-out "
+                        "sentence are left out")
+    p.add_argument("--speed_range", default="130:200", help="espeak-ng speeds (words per minute) of training speech, lo:hi")
+    p.add_argument("--test_speed", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)
     a = p.parse_args()
@@ -98,18 +125,25 @@ def main() -> int:
         train += [s for s in pool if s not in ok]
     test, dev = ok[: len(ok) // 2], ok[len(ok) // 2 :]
     held_set = set(test) | set(dev)
+    clauses = held_clauses(allsent, top, held_set) if a.clause_voices else []
+    train_keys = {" ".join(words(s)) for s in train}
+    clauses = [c for c in clauses if " ".join(words(c)) not in train_keys]
     lm_text = [s for s in allsent if s not in held_set and 3 <= len(words(s)) <= 30]
     print(f"[make_corpus] {len(allsent)} fortune sentences; speech: {len(train)} train / {len(dev)} dev / {len(test)} test "
-          f"sentences over {len(train_words)} words; text-only corpus {len(lm_text)} sentences", file=sys.stderr)
+          f"sentences over {len(train_words)} words, {len(clauses)} clauses; text-only corpus {len(lm_text)} sentences", file=sys.stderr)
+    lo, hi = (int(x) for x in a.speed_range.split(":"))
 
     jobs = []  # (set, utt, spk, text, voice, speed)
     for i, s in enumerate(train):
         for v in rng.sample(TRAIN_VOICES, a.voices_per_sentence):
-            jobs.append(("train", f"{v.replace('+', '_')}-tr{i:05d}", v, s, v, rng.randint(130, 200)))
+            jobs.append(("train", f"{v.replace('+', '_')}-tr{i:05d}", v, s, v, rng.randint(lo, hi)))
+    for i, s in enumerate(clauses):
+        for v in rng.sample(TRAIN_VOICES, a.clause_voices):
+            jobs.append(("train", f"{v.replace('+', '_')}-cl{i:05d}", v, s, v, rng.randint(lo, hi)))
     for name, sents in (("dev", dev), ("test", test)):
         for i, s in enumerate(sents):
             v = TEST_VOICES[i % len(TEST_VOICES)]
-            jobs.append((name, f"{v.replace('+', '_')}-{name}{i:04d}", v, s, v, 160))
+            jobs.append((name, f"{v.replace('+', '_')}-{name}{i:04d}", v, s, v, a.test_speed))
     wav_dir = Path(a.wav_dir).resolve()
     wav_dir.mkdir(parents=True, exist_ok=True)
 
