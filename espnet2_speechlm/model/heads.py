@@ -45,14 +45,22 @@ class SharedStreamHead(nn.Linear):
         self.stream_emb = nn.Parameter(torch.zeros(num_streams, in_features))
         # [N-1, 1 + C] global ids scored for streams 1..N-1 (row 0 is <pad>)
         self.register_buffer("acoustic_index", torch.zeros(0, 0, dtype=torch.long), persistent=False)
-        # [V0] global ids scored for stream 0 (empty: all)
+        # [V0] global ids scored for stream 0 (empty: all), and its inverse [V]: global id ->
+        # position in stream0_index, -1 if not scored (the training loss maps its targets with it)
         self.register_buffer("stream0_index", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("stream0_local", torch.zeros(0, dtype=torch.long), persistent=False)
 
     def set_acoustic_index(self, index: torch.Tensor | None) -> None:
         self.acoustic_index = (index if index is not None else torch.zeros(0, 0, dtype=torch.long)).to(self.weight.device)
 
     def set_stream0_index(self, index: torch.Tensor | None) -> None:
-        self.stream0_index = (index if index is not None else torch.zeros(0, dtype=torch.long)).to(self.weight.device)
+        dev = self.weight.device
+        self.stream0_index = (index if index is not None else torch.zeros(0, dtype=torch.long)).to(dev)
+        local = torch.zeros(0, dtype=torch.long, device=dev)
+        if self.stream0_index.numel():
+            local = torch.full((self.weight.shape[0],), -1, dtype=torch.long, device=dev)
+            local[self.stream0_index] = torch.arange(self.stream0_index.numel(), device=dev)
+        self.stream0_local = local
 
     @property
     def restricted(self) -> bool:

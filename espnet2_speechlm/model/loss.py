@@ -46,13 +46,6 @@ def acoustic_local_targets(targets: torch.Tensor, acoustic_index: torch.Tensor) 
     return local
 
 
-def stream0_local_targets(targets: torch.Tensor, stream0_index: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Global stream-0 ids -> their position in ``stream0_index`` (-1 where not in it)."""
-    table = torch.full((vocab_size,), -1, dtype=torch.long, device=targets.device)
-    table[stream0_index] = torch.arange(stream0_index.numel(), device=targets.device)
-    return table[targets]
-
-
 def multistream_loss(
     logits0: torch.Tensor,
     logits_rest: torch.Tensor | None,
@@ -61,11 +54,12 @@ def multistream_loss(
     categories: torch.Tensor,
     cat_weights: torch.Tensor,
     acoustic_index: torch.Tensor | None,
-    stream0_index: torch.Tensor | None = None,
+    stream0_local: torch.Tensor | None = None,
 ):
     """
     logits0      [B, S, V]              stream 0 over the whole vocabulary, or
-                 [B, S, V0]             over ``stream0_index`` (the ids stream 0 can hold)
+                 [B, S, V0]             over the ids stream 0 can hold, when ``stream0_local``
+                                    ([V] long: global id -> column of logits0, -1 if none) is given
     logits_rest  [B, S, N-1, V'] | None streams >= 1 (V' = 1 + C when restricted)
     targets      [B, S, N]              global ids (the input shifted by one step)
     loss_mask    [B, S, N] bool         which target tokens are in the loss
@@ -77,8 +71,8 @@ def multistream_loss(
     w = cat_weights.to(logits0.dtype if logits0.is_floating_point() else torch.float32)[cat] * loss_mask
     w = w.float()
     t0 = targets[..., 0]
-    if stream0_index is not None:
-        t0 = stream0_local_targets(t0, stream0_index, categories.shape[0])
+    if stream0_local is not None:
+        t0 = stream0_local[t0]
         if bool(((t0 < 0) & loss_mask[..., 0]).any()):
             bad = targets[..., 0][(t0 < 0) & loss_mask[..., 0]][:5].tolist()
             raise ValueError(f"stream 0 holds ids that stream 0 is not scored over (acoustic codes?): {bad}")

@@ -79,11 +79,8 @@ class MultiStreamLM(nn.Module):
                 rows.append(torch.cat([torch.tensor([PAD]), torch.arange(s, e)]))
             head.set_acoustic_index(torch.stack(rows))
         if vocab.num_streams > 1 and cfg.restrict_stream0_logits and hasattr(head, "set_stream0_index"):
-            keep = torch.ones(V, dtype=torch.bool)
-            for n in range(1, vocab.num_streams):
-                s, e = vocab.acoustic_stream_range(n)
-                keep[s:e] = False
-            head.set_stream0_index(torch.nonzero(keep).squeeze(-1))
+            ac = vocab.block("acoustic")  # every codebook, one contiguous block
+            head.set_stream0_index(torch.cat([torch.arange(ac.start), torch.arange(ac.end, V)]))
         self.register_buffer("categories", category_table(vocab), persistent=False)
         self.register_buffer("cat_weights", weight_per_category(cfg.loss_weights), persistent=False)
         if cfg.gradient_checkpointing:
@@ -148,12 +145,15 @@ class MultiStreamLM(nn.Module):
             mask = mask & attention_mask[:, 1:].bool().unsqueeze(-1)
         pid = position_ids[:, :-1] if position_ids is not None else None
         h, _ = self.hidden(inp, am, pid)
-        idx0 = getattr(self.head, "stream0_index", None)
-        local0 = idx0 is not None and idx0.numel() > 0
-        logits0, rest = self.head(h, local0=True) if local0 else self.head(h)
+        s0_local = getattr(self.head, "stream0_local", None)
+        if s0_local is not None and s0_local.numel():
+            logits0, rest = self.head(h, local0=True)
+        else:
+            s0_local = None
+            logits0, rest = self.head(h)
         loss_sum, num_frames, stats = multistream_loss(
             logits0, rest, tgt, mask, self.categories, self.cat_weights, getattr(self.head, "acoustic_index", None),
-            stream0_index=idx0 if local0 else None,
+            stream0_local=s0_local,
         )
         loss = loss_sum / num_frames.clamp_min(1)
         stats["loss_sum"] = loss_sum.detach()

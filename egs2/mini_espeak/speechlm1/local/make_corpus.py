@@ -70,7 +70,7 @@ def held_clauses(sentences: list[str], vocab: set[str], held: set[str]) -> list[
             if not 3 <= len(w) <= 10 or not all(x in vocab for x in w):
                 continue
             key = " ".join(w)
-            if key in out or any(" " + key + " " in h for h in held_text) or part.strip() in held:
+            if key in out or any(" " + key + " " in h for h in held_text):
                 continue
             out[key] = part.strip()
     return list(out.values())
