@@ -229,6 +229,11 @@ def test_engine_options_activation_checkpointing_bf16_packing(data):
     train(_cfg(root, dirs, "opt_pack", **over, **{"data.packing": True, "data.pack_len": 400}))
     h = history(root / "opt_pack")
     assert len(h) == 3 and all(r["loss"] == r["loss"] and r["padding_fraction"] < 0.2 for r in h)
+    # the auxiliary CTC loss of the ASR examples is logged and added to the loss
+    train(_cfg(root, dirs, "opt_ctc", **over, **{"model.speechlm.ctc_weight": 0.5}))
+    h = history(root / "opt_ctc")
+    assert all(r["loss_ctc"] > 0 for r in h) and "loss_ctc" not in history(root / "opt_base")[0]
+    assert h[0]["loss"] > ref[0]
 
 
 def test_init_from_text_llm_and_pretrained(data, reference, tmp_path):

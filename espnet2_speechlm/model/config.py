@@ -32,6 +32,12 @@ class ModelConfig:
     # compute the logits of stream 0 over every id but the acoustic codes (which
     # stream 0 never holds): they get probability 0 instead of a learned small one
     restrict_stream0_logits: bool = True
+    # weight of an auxiliary CTC loss (0: off, as in the paper).  Wherever speech in
+    # the prompt is followed by text targets (ASR), the hidden states of those speech
+    # frames are scored by CTC against the text, through the shared output head over
+    # <pad> (the blank) and the text ids: the frames learn what they say directly,
+    # instead of only through the text positions' attention
+    ctc_weight: float = 0.0
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     # the vocabulary this model was built for (vocab.json's fingerprint)

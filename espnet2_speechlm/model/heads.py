@@ -49,6 +49,8 @@ class SharedStreamHead(nn.Linear):
         # position in stream0_index, -1 if not scored (the training loss maps its targets with it)
         self.register_buffer("stream0_index", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("stream0_local", torch.zeros(0, dtype=torch.long), persistent=False)
+        # [1 + T] the ids scored by the auxiliary CTC loss: <pad> (its blank) and the text ids
+        self.register_buffer("ctc_index", torch.zeros(0, dtype=torch.long), persistent=False)
 
     def set_acoustic_index(self, index: torch.Tensor | None) -> None:
         self.acoustic_index = (index if index is not None else torch.zeros(0, 0, dtype=torch.long)).to(self.weight.device)
@@ -62,6 +64,9 @@ class SharedStreamHead(nn.Linear):
             local[self.stream0_index] = torch.arange(self.stream0_index.numel(), device=dev)
         self.stream0_local = local
 
+    def set_ctc_index(self, index: torch.Tensor | None) -> None:
+        self.ctc_index = (index if index is not None else torch.zeros(0, dtype=torch.long)).to(self.weight.device)
+
     @property
     def restricted(self) -> bool:
         return self.acoustic_index.numel() > 0
@@ -71,8 +76,14 @@ class SharedStreamHead(nn.Linear):
         ``logits_rest`` is ``[..., N-1, 1+C]`` (restricted) or ``[..., N-1, V]``.
         ``streams="first"`` computes stream 0 only (``logits_rest`` is None).
         ``local0=True`` returns stream 0's logits over ``stream0_index`` only
-        (``[..., V0]``; the training loss maps its targets to that range)."""
+        (``[..., V0]``; the training loss maps its targets to that range).
+        ``streams="ctc"`` returns stream 0's logits over ``ctc_index`` only
+        (the auxiliary CTC loss; computed here so that sharded parameters are
+        gathered as for any forward of this module)."""
         h0 = hidden + self.stream_emb[0]
+        if streams == "ctc":
+            idx = self.ctc_index
+            return F.linear(h0, self.weight[idx], self.bias[idx] if self.bias is not None else None)
         idx = self.stream0_index
         if idx.numel():
             local = F.linear(h0, self.weight[idx], self.bias[idx] if self.bias is not None else None)

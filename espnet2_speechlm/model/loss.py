@@ -113,3 +113,43 @@ def multistream_loss(
             if cnt > 0:
                 stats[f"acc_stream{n}"] = (correct[..., n][sel].float().sum() / cnt).item()
     return loss_sum, num_frames, stats
+
+
+# ------------------------------------------------------------ auxiliary CTC
+def ctc_segments(ids0: torch.Tensor, loss_mask0: torch.Tensor, categories: torch.Tensor, length: int | None = None):
+    """Where the auxiliary CTC loss applies, in one sequence's stream 0.
+
+    ``ids0 [S]`` global ids and ``loss_mask0 [S]`` of stream 0 (not shifted).
+    Returns a list of ``(frames, texts)`` position arrays: a run of semantic
+    frames outside the loss (speech in the prompt) paired with the text targets
+    (text ids in the loss) that follow it before the next such run.  An ASR
+    sequence gives one pair; a spliced long-form ASR sequence one per utterance;
+    TTS and speech continuation (whose text is not a target) none.  Only the
+    first ``length`` positions are looked at (the positions that have a hidden
+    state)."""
+    import numpy as np
+
+    S = ids0.shape[0] if length is None else length
+    cat = categories[ids0[:S]].cpu().numpy()
+    m = loss_mask0[:S].cpu().numpy().astype(bool)
+    speech = (cat == CATEGORY_NAMES.index("semantic")) & ~m
+    text = (cat == CATEGORY_NAMES.index("text")) & m
+    out = []
+    starts = np.flatnonzero(speech & ~np.r_[False, speech[:-1]])
+    ends = np.flatnonzero(speech & ~np.r_[speech[1:], False]) + 1
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        nxt = starts[k + 1] if k + 1 < len(starts) else S
+        t = b + np.flatnonzero(text[b:nxt])
+        if len(t):
+            out.append((np.arange(a, b), t))
+    return out
+
+
+def ctc_loss_sum(log_probs: torch.Tensor, input_lengths, targets: list[torch.Tensor]):
+    """Summed CTC negative log-likelihood (blank = class 0) of ``targets``
+    (local ids >= 1), ``log_probs [T, P, C]``.  Impossible alignments (more
+    targets than frames) count zero instead of infinity."""
+    tl = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    il = torch.as_tensor(input_lengths, dtype=torch.long)
+    flat = torch.cat(targets).to(log_probs.device)
+    return F.ctc_loss(log_probs.float(), flat, il, tl, blank=0, reduction="sum", zero_infinity=True)

@@ -27,7 +27,7 @@ from ..interleave import delay
 from ..vocab import PAD, JointVocab, VocabError
 from .config import ModelConfig
 from .heads import HEADS, MultiStreamEmbedding
-from .loss import category_table, multistream_loss, weight_per_category
+from .loss import category_table, ctc_loss_sum, ctc_segments, multistream_loss, weight_per_category
 
 
 class ContextLengthError(ValueError):
@@ -81,6 +81,11 @@ class MultiStreamLM(nn.Module):
         if vocab.num_streams > 1 and cfg.restrict_stream0_logits and hasattr(head, "set_stream0_index"):
             ac = vocab.block("acoustic")  # every codebook, one contiguous block
             head.set_stream0_index(torch.cat([torch.arange(ac.start), torch.arange(ac.end, V)]))
+        if cfg.ctc_weight > 0:
+            if not hasattr(head, "set_ctc_index"):
+                raise ValueError(f"ctc_weight > 0 needs a head with set_ctc_index; {cfg.head!r} has none")
+            tb = vocab.block("text")
+            head.set_ctc_index(torch.cat([torch.tensor([PAD]), torch.arange(tb.start, tb.end)]))
         self.register_buffer("categories", category_table(vocab), persistent=False)
         self.register_buffer("cat_weights", weight_per_category(cfg.loss_weights), persistent=False)
         if cfg.gradient_checkpointing:
@@ -155,12 +160,42 @@ class MultiStreamLM(nn.Module):
             logits0, rest, tgt, mask, self.categories, self.cat_weights, getattr(self.head, "acoustic_index", None),
             stream0_local=s0_local,
         )
+        if self.cfg.ctc_weight > 0:
+            ctc = self._ctc(h, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask)
+            if ctc is not None:
+                ctc_sum, ntok = ctc
+                loss_sum = loss_sum + self.cfg.ctc_weight * ctc_sum
+                stats["loss_ctc"] = (ctc_sum.detach() / ntok).item()
         loss = loss_sum / num_frames.clamp_min(1)
         stats["loss_sum"] = loss_sum.detach()
         stats["num_frames"] = num_frames.detach()
         return loss, stats
 
     # ------------------------------------------------------------ save/load
+    def _ctc(self, h, ids0, mask0, attention_mask):
+        """Auxiliary CTC loss sum over the (speech frames, text targets) pairs of
+        the batch (see :func:`ctc_segments`), and the number of text targets;
+        None when the batch has no such pair (TTS, text or speech continuation)."""
+        B, S = ids0.shape
+        lens = attention_mask[:, :-1].sum(1).tolist() if attention_mask is not None else [S] * B
+        rows, frames, targets = [], [], []
+        text_start = self.vocab.block("text").start
+        for b in range(B):
+            for f, t in ctc_segments(ids0[b], mask0[b], self.categories, int(lens[b])):
+                rows.append(b)
+                frames.append(torch.as_tensor(f, device=h.device))
+                # targets are read from the inputs: a target at position p is the input at p
+                targets.append(ids0[b, torch.as_tensor(t, device=ids0.device)] - text_start + 1)
+        if not rows:
+            return None
+        T = max(len(f) for f in frames)
+        x = h.new_zeros(T, len(rows), h.shape[-1])
+        for i, (b, f) in enumerate(zip(rows, frames)):
+            x[: len(f), i] = h[b, f]
+        logp = torch.log_softmax(self.head(x, streams="ctc").float(), dim=-1)
+        ntok = sum(len(t) for t in targets)
+        return ctc_loss_sum(logp, [len(f) for f in frames], targets), ntok
+
     def save_pretrained(self, out_dir: str | os.PathLike, safe_serialization: bool = True) -> Path:
         """Write the model directory atomically (to ``out_dir.tmp``, then rename)."""
         from safetensors.torch import save_model
