@@ -52,6 +52,9 @@ class ModelInit:
     init: str = "random"  # random | llm | pretrained
     hf_config: dict = field(default_factory=dict)  # body config for init=random (model_type, hidden_size, ...)
     llm_dir: str = ""  # Hugging Face text LLM directory for init=llm
+    # init=llm: a fitted speech tokenizer directory whose code vectors (k-means centres,
+    # mel codebooks) give the new speech rows their start (model/speech_init.py); empty: random rows
+    speech_tokenizer_dir: str = ""
     pretrained_dir: str = ""  # a save_pretrained directory for init=pretrained
     speechlm: ModelConfig = field(default_factory=ModelConfig)
 

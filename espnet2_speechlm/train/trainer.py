@@ -72,6 +72,11 @@ def build_model(cfg: TrainConfig, vocab: JointVocab) -> MultiStreamLM:
         ac = vocab.block("acoustic")
         model = from_text_llm(cfg.model.llm_dir, sem, ac.codebooks, ac.codebook_size, mc, seed=cfg.seed)
         vocab.check_matches(model.vocab, f"text LLM {cfg.model.llm_dir} (its tokenizer size must be the vocabulary's text block)")
+        if cfg.model.speech_tokenizer_dir:
+            from ..model.speech_init import init_speech_rows
+
+            done = init_speech_rows(model.embed.weight, model.vocab, cfg.model.speech_tokenizer_dir, seed=cfg.seed)
+            log.info(f"speech rows from {cfg.model.speech_tokenizer_dir}: {', '.join(done) or 'none (no stored code vectors)'}")
     else:
         model = MultiStreamLM.from_pretrained(cfg.model.pretrained_dir, vocab=vocab)
     return model
