@@ -56,6 +56,18 @@ def test_sequences_whose_text_is_not_a_target_have_no_ctc_pair(n, m, speaker, se
     for seq in (build_sequence(V, "tts", tts), build_sequence(V, "audiolm", {"speech": _speech(rng, n)}),
                 build_sequence(V, "textlm", {"text": rng.integers(0, 100, m)})):
         assert _segments(seq) == []
+    # packed into one row with a following text-continuation example, neither pairs (the
+    # speaker prompt is followed by target speech, not by the next example's text)
+    row = [build_sequence(V, "tts", tts), build_sequence(V, "textlm", {"text": rng.integers(0, 100, m)})]
+    assert ctc_segments(torch.as_tensor(np.concatenate([q.frames[:, 0] for q in row])),
+                        torch.as_tensor(np.concatenate([q.loss_mask for q in row])), CAT) == []
+    # an ASR example packed before a text-continuation one pairs with its own text only
+    asr = build_sequence(V, "asr", {"speech": _speech(rng, n), "text": rng.integers(0, 100, m)})
+    row = [asr, build_sequence(V, "textlm", {"text": rng.integers(0, 100, m)})]
+    pairs = ctc_segments(torch.as_tensor(np.concatenate([q.frames[:, 0] for q in row])),
+                         torch.as_tensor(np.concatenate([q.loss_mask for q in row])), CAT)
+    tx = next(s for s in asr.segments if s.name == "text")
+    assert len(pairs) == 1 and pairs[0][1].tolist() == list(range(tx.start, tx.end))
     # with every frame in the loss the speech is a target too: no pair
     assert _segments(build_sequence(V, "asr", {"speech": _speech(rng, n), "text": rng.integers(0, 100, m)}, loss_region="all")) == []
 

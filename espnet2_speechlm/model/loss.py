@@ -121,12 +121,13 @@ def ctc_segments(ids0: torch.Tensor, loss_mask0: torch.Tensor, categories: torch
 
     ``ids0 [S]`` global ids and ``loss_mask0 [S]`` of stream 0 (not shifted).
     Returns a list of ``(frames, texts)`` position arrays: a run of semantic
-    frames outside the loss (speech in the prompt) paired with the text targets
-    (text ids in the loss) that follow it before the next such run.  An ASR
-    sequence gives one pair; a spliced long-form ASR sequence one per utterance;
-    TTS and speech continuation (whose text is not a target) none.  Only the
-    first ``length`` positions are looked at (the positions that have a hidden
-    state)."""
+    frames outside the loss (speech in the prompt) paired with the run of text
+    targets (text ids in the loss) that follows it after nothing but
+    ``<pad>`` and special tokens.  An ASR sequence gives one pair; a spliced
+    long-form ASR sequence one per utterance; TTS (its speaker prompt is
+    followed by target speech), speech and text continuation none, also when
+    packed into one row with other examples.  Only the first ``length``
+    positions are looked at (the positions that have a hidden state)."""
     import numpy as np
 
     S = ids0.shape[0] if length is None else length
@@ -134,14 +135,19 @@ def ctc_segments(ids0: torch.Tensor, loss_mask0: torch.Tensor, categories: torch
     m = loss_mask0[:S].cpu().numpy().astype(bool)
     speech = (cat == CATEGORY_NAMES.index("semantic")) & ~m
     text = (cat == CATEGORY_NAMES.index("text")) & m
+    gap = (cat == CATEGORY_NAMES.index("pad")) | (cat == CATEGORY_NAMES.index("special"))
     out = []
     starts = np.flatnonzero(speech & ~np.r_[False, speech[:-1]])
     ends = np.flatnonzero(speech & ~np.r_[speech[1:], False]) + 1
-    for k, (a, b) in enumerate(zip(starts, ends)):
-        nxt = starts[k + 1] if k + 1 < len(starts) else S
-        t = b + np.flatnonzero(text[b:nxt])
-        if len(t):
-            out.append((np.arange(a, b), t))
+    for a, b in zip(starts, ends):
+        j = b
+        while j < S and gap[j]:
+            j += 1
+        k = j
+        while k < S and text[k]:
+            k += 1
+        if k > j:
+            out.append((np.arange(a, b), np.arange(j, k)))
     return out
 
 
