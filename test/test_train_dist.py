@@ -110,3 +110,19 @@ def test_deepspeed_launcher_zero1(setup):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     diff = _max_diff(final_weights(exp), final_weights(refs[2]))
     assert max(diff.values()) < 1e-5, sorted(diff.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_ctc_loss_under_zero3_two_ranks_equals_one_rank(setup):
+    """The auxiliary CTC loss runs the head in the same call as the other logits, so that
+    ZeRO-3 ranks gather its weight equally often whether or not their batch has ASR."""
+    root, dirs, _ = setup
+    ctc = ["model.speechlm.ctc_weight=0.5"]
+    ref = root / "ref_ctc"
+    r = run_train(train_yaml(root / "ref_ctc.yaml", ref, dirs, **OVER), "engine.grad_accum=2", *ctc)
+    assert r.returncode == 0, r.stderr[-3000:]
+    exp = _run(root, dirs, "zero3_ctc", ["engine.name=deepspeed", "engine.zero_stage=3", "engine.grad_accum=1"] + ctc)
+    diff = _max_diff(final_weights(exp), final_weights(ref))
+    assert max(diff.values()) < 1e-5, sorted(diff.items(), key=lambda kv: -kv[1])[:3]
+    h, hr = history(exp), history(ref)
+    assert [x["loss"] for x in h] == pytest.approx([x["loss"] for x in hr], rel=1e-5)
+    assert all(x["loss_ctc"] > 0 for x in hr)

@@ -71,19 +71,22 @@ class SharedStreamHead(nn.Linear):
     def restricted(self) -> bool:
         return self.acoustic_index.numel() > 0
 
-    def forward(self, hidden: torch.Tensor, streams: str = "all", local0: bool = False):
+    def forward(self, hidden: torch.Tensor, streams: str = "all", local0: bool = False, ctc_hidden: torch.Tensor | None = None):
         """``hidden [..., D]`` -> ``(logits0 [..., V], logits_rest)`` where
         ``logits_rest`` is ``[..., N-1, 1+C]`` (restricted) or ``[..., N-1, V]``.
         ``streams="first"`` computes stream 0 only (``logits_rest`` is None).
         ``local0=True`` returns stream 0's logits over ``stream0_index`` only
         (``[..., V0]``; the training loss maps its targets to that range).
-        ``streams="ctc"`` returns stream 0's logits over ``ctc_index`` only
-        (the auxiliary CTC loss; computed here so that sharded parameters are
-        gathered as for any forward of this module)."""
-        h0 = hidden + self.stream_emb[0]
-        if streams == "ctc":
+        With ``ctc_hidden [..., D]`` (possibly empty) a third output holds its
+        stream-0 logits over ``ctc_index`` (the auxiliary CTC loss): computed in
+        the same call, so that every rank runs this module once per forward
+        whether or not its batch has ASR examples (ZeRO-3 gathers the weight
+        once per call, collectively)."""
+        if ctc_hidden is not None:
             idx = self.ctc_index
-            return F.linear(h0, self.weight[idx], self.bias[idx] if self.bias is not None else None)
+            ctc = F.linear(ctc_hidden + self.stream_emb[0], self.weight[idx], self.bias[idx] if self.bias is not None else None)
+            return (*self.forward(hidden, streams, local0), ctc)
+        h0 = hidden + self.stream_emb[0]
         idx = self.stream0_index
         if idx.numel():
             local = F.linear(h0, self.weight[idx], self.bias[idx] if self.bias is not None else None)

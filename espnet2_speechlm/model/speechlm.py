@@ -151,31 +151,32 @@ class MultiStreamLM(nn.Module):
         pid = position_ids[:, :-1] if position_ids is not None else None
         h, _ = self.hidden(inp, am, pid)
         s0_local = getattr(self.head, "stream0_local", None)
-        if s0_local is not None and s0_local.numel():
-            logits0, rest = self.head(h, local0=True)
-        else:
+        if s0_local is None or not s0_local.numel():
             s0_local = None
-            logits0, rest = self.head(h)
+        ctc = self._ctc_inputs(h, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self.cfg.ctc_weight > 0 else None
+        if ctc is not None:
+            logits0, rest, ctc_logits = self.head(h, local0=s0_local is not None, ctc_hidden=ctc[0])
+        else:
+            logits0, rest = self.head(h, local0=s0_local is not None)
         loss_sum, num_frames, stats = multistream_loss(
             logits0, rest, tgt, mask, self.categories, self.cat_weights, getattr(self.head, "acoustic_index", None),
             stream0_local=s0_local,
         )
-        if self.cfg.ctc_weight > 0:
-            ctc = self._ctc(h, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask)
-            if ctc is not None:
-                ctc_sum, ntok = ctc
-                loss_sum = loss_sum + self.cfg.ctc_weight * ctc_sum
-                stats["loss_ctc"] = (ctc_sum.detach() / ntok).item()
+        if ctc is not None and ctc[2]:
+            _, lengths, targets = ctc
+            ctc_sum = ctc_loss_sum(torch.log_softmax(ctc_logits.float(), dim=-1), lengths, targets)
+            loss_sum = loss_sum + self.cfg.ctc_weight * ctc_sum
+            stats["loss_ctc"] = (ctc_sum.detach() / sum(len(t) for t in targets)).item()
         loss = loss_sum / num_frames.clamp_min(1)
         stats["loss_sum"] = loss_sum.detach()
         stats["num_frames"] = num_frames.detach()
         return loss, stats
 
-    # ------------------------------------------------------------ save/load
-    def _ctc(self, h, ids0, mask0, attention_mask):
-        """Auxiliary CTC loss sum over the (speech frames, text targets) pairs of
-        the batch (see :func:`ctc_segments`), and the number of text targets;
-        None when the batch has no such pair (TTS, text or speech continuation)."""
+    def _ctc_inputs(self, h, ids0, mask0, attention_mask):
+        """The auxiliary CTC loss's inputs: hidden states of the prompt speech
+        frames ``[T, P, D]`` (one column per (speech, text) pair of
+        :func:`ctc_segments`, zero-padded; ``[0, 0, D]`` when the batch has
+        none), their lengths, and the text targets (local ids, blank = 0)."""
         B, S = ids0.shape
         lens = attention_mask[:, :-1].sum(1).tolist() if attention_mask is not None else [S] * B
         rows, frames, targets = [], [], []
@@ -184,18 +185,14 @@ class MultiStreamLM(nn.Module):
             for f, t in ctc_segments(ids0[b], mask0[b], self.categories, int(lens[b])):
                 rows.append(b)
                 frames.append(torch.as_tensor(f, device=h.device))
-                # targets are read from the inputs: a target at position p is the input at p
+                # a text target's id is the input at its own position
                 targets.append(ids0[b, torch.as_tensor(t, device=ids0.device)] - text_start + 1)
-        if not rows:
-            return None
-        T = max(len(f) for f in frames)
-        x = h.new_zeros(T, len(rows), h.shape[-1])
+        x = h.new_zeros(max((len(f) for f in frames), default=0), len(rows), h.shape[-1])
         for i, (b, f) in enumerate(zip(rows, frames)):
             x[: len(f), i] = h[b, f]
-        logp = torch.log_softmax(self.head(x, streams="ctc").float(), dim=-1)
-        ntok = sum(len(t) for t in targets)
-        return ctc_loss_sum(logp, [len(f) for f in frames], targets), ntok
+        return x, [len(f) for f in frames], targets
 
+    # ------------------------------------------------------------ save/load
     def save_pretrained(self, out_dir: str | os.PathLike, safe_serialization: bool = True) -> Path:
         """Write the model directory atomically (to ``out_dir.tmp``, then rename)."""
         from safetensors.torch import save_model
