@@ -8,6 +8,7 @@ by the frame count of the whole global batch instead of its own.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -128,8 +129,6 @@ def ctc_segments(ids0: torch.Tensor, loss_mask0: torch.Tensor, categories: torch
     followed by target speech), speech and text continuation none, also when
     packed into one row with other examples.  Only the first ``length``
     positions are looked at (the positions that have a hidden state)."""
-    import numpy as np
-
     S = ids0.shape[0] if length is None else length
     cat = categories[ids0[:S]].cpu().numpy()
     m = loss_mask0[:S].cpu().numpy().astype(bool)

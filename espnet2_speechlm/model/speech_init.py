@@ -34,17 +34,18 @@ def code_vectors(tokenizer_dir: str | Path) -> dict[str, np.ndarray]:
     """The code vectors a fitted speech tokenizer stores: ``"semantic"``
     ``[K, d]`` k-means centres and/or ``"acoustic"`` ``[Q, C, M]`` residual
     codebooks (only the kinds this toolkit fits itself)."""
+    from ..tokenizers.kmeans import load_centers
+    from ..tokenizers.melcodec import MelRVQCodec
     from ..tokenizers.speech import read_config
 
     cfg = read_config(tokenizer_dir)
     out = {}
     sem = cfg["semantic"]
     if sem.get("type") == "kmeans":
-        out["semantic"] = np.load(sem["kmeans"]).astype(np.float32)
+        out["semantic"] = load_centers(sem["kmeans"]).numpy()
     ac = cfg["acoustic"]
-    if ac.get("type") == "mel_rvq":
-        with np.load(Path(ac["dir"]) / "mel_codec.npz") as z:
-            out["acoustic"] = z["books"].astype(np.float32)
+    if ac.get("type") == MelRVQCodec.kind:
+        out["acoustic"] = MelRVQCodec.load(ac["dir"]).books.cpu().numpy()  # checks the codebooks' shape too
     return out
 
 

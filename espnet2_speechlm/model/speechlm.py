@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -179,18 +180,25 @@ class MultiStreamLM(nn.Module):
         none), their lengths, and the text targets (local ids, blank = 0)."""
         B, S = ids0.shape
         lens = attention_mask[:, :-1].sum(1).tolist() if attention_mask is not None else [S] * B
-        rows, frames, targets = [], [], []
+        # the pairs are found on the host: one copy of the batch's stream 0, not one per row
+        ids_h, mask_h, cats_h = ids0.cpu(), mask0.cpu(), self.categories.cpu()
         text_start = self.vocab.block("text").start
+        rows, frames, targets = [], [], []
         for b in range(B):
-            for f, t in ctc_segments(ids0[b], mask0[b], self.categories, int(lens[b])):
-                rows.append(b)
-                frames.append(torch.as_tensor(f, device=h.device))
+            for f, t in ctc_segments(ids_h[b], mask_h[b], cats_h, int(lens[b])):
+                rows.append(np.full(len(f), b))
+                frames.append(f)
                 # a text target's id is the input at its own position
-                targets.append(ids0[b, torch.as_tensor(t, device=ids0.device)] - text_start + 1)
-        x = h.new_zeros(max((len(f) for f in frames), default=0), len(rows), h.shape[-1])
-        for i, (b, f) in enumerate(zip(rows, frames)):
-            x[: len(f), i] = h[b, f]
-        return x, [len(f) for f in frames], targets
+                targets.append(ids_h[b, torch.from_numpy(t)] - text_start + 1)
+        lengths = [len(f) for f in frames]
+        x = h.new_zeros(max(lengths, default=0), len(frames), h.shape[-1])
+        if frames:
+            # every pair's frames in one gather: x[t, pair] = h[row, frame]
+            col = np.concatenate([np.full(n, i) for i, n in enumerate(lengths)])
+            step = np.concatenate([np.arange(n) for n in lengths])
+            src_b, src_t = (torch.from_numpy(np.concatenate(a)).to(h.device) for a in (rows, frames))
+            x[torch.from_numpy(step).to(h.device), torch.from_numpy(col).to(h.device)] = h[src_b, src_t]
+        return x, lengths, targets
 
     # ------------------------------------------------------------ save/load
     def save_pretrained(self, out_dir: str | os.PathLike, safe_serialization: bool = True) -> Path:
