@@ -126,3 +126,25 @@ def test_ctc_loss_under_zero3_two_ranks_equals_one_rank(setup):
     h, hr = history(exp), history(ref)
     assert [x["loss"] for x in h] == pytest.approx([x["loss"] for x in hr], rel=1e-5)
     assert all(x["loss_ctc"] > 0 for x in hr)
+
+
+@pytest.fixture(scope="module")
+def body_lr_ref(setup):
+    root, dirs, _ = setup
+    ref = root / "ref_blr"
+    r = run_train(train_yaml(root / "ref_blr.yaml", ref, dirs, **OVER), "engine.grad_accum=2", "optim.body_lr_scale=0.25")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return ref
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "zero2", "zero3"])
+def test_body_lr_scale_under_sharding_equals_one_rank(setup, body_lr_ref, engine):
+    """The per-group learning rate survives each engine's handling of the optimizer
+    (FSDP2's DTensor parameters, ZeRO's flattened or partitioned groups)."""
+    root, dirs, refs = setup
+    overrides = ENGINES[engine][0] + ["engine.grad_accum=1", "optim.body_lr_scale=0.25"]
+    exp = _run(root, dirs, f"{engine}_blr", overrides)
+    diff = _max_diff(final_weights(exp), final_weights(body_lr_ref))
+    assert max(diff.values()) < 1e-5, sorted(diff.items(), key=lambda kv: -kv[1])[:3]
+    # and the scale did change the run (the layers moved less than at scale 1)
+    assert _max_diff(final_weights(exp), final_weights(refs[2]))["body.layers.0.mlp.up_proj.weight"] > 1e-4

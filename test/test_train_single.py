@@ -255,3 +255,33 @@ def test_init_from_text_llm_and_pretrained(data, reference, tmp_path):
     AutoModelForCausalLM.from_config(conf).save_pretrained(tmp_path / "llm90")
     with pytest.raises(VocabError, match="text LLM"):
         train(_cfg(root, dirs, "init_llm90", **over, **{"model.init": "llm", "model.llm_dir": str(tmp_path / "llm90")}))
+
+
+def test_body_lr_scale_scales_only_the_pretrained_layers(data):
+    """optim.body_lr_scale: the decoder layers take lr x scale, the embedding and head
+    (the rows new to the model) full lr.  Adam's first step is linear in lr, so the
+    layers' first update at scale 0.25 is exactly a quarter of that at scale 1."""
+    from espnet2_speechlm.model.build import random_body
+
+    root, dirs = data
+    over = {"schedule.total_steps": 1, "checkpoint.every": 1, "checkpoint.export": False}
+    deltas = {}
+    for scale in (1.0, 0.25):
+        cfg = _cfg(root, dirs, f"blr{scale}", **over, **{"optim.body_lr_scale": scale})
+        out = train(cfg)
+        w0 = random_body(dict(TINY_BODY), out["model"].vocab, seed=cfg.seed).state_dict()
+        m = out["model"]
+        w1 = {k: v.detach() for k, v in m.state_dict().items()}
+        deltas[scale] = {k: w1[k] - w0[k] for k in w1}
+        # the state dict names each tensor under every alias (lm.model.* and body.*)
+        outer_ptrs = {p.data_ptr() for mod in (m.embed, m.head) for p in mod.parameters()}
+        outer = {k for k, v in w1.items() if v.data_ptr() in outer_ptrs}
+    d1, dq = deltas[1.0], deltas[0.25]
+    assert {"lm.lm_head.stream_emb", "body.embed_tokens.weight"} <= outer and "lm.model.layers.0.self_attn.q_proj.weight" in d1
+    for k in d1:
+        if d1[k].abs().max() == 0:
+            continue
+        want = d1[k] if k in outer else 0.25 * d1[k]
+        assert torch.allclose(dq[k], want, rtol=1e-4, atol=1e-6), k  # atol: fp32 rounding of w + delta
+    with pytest.raises(ConfigError, match=r"blr0.yaml: optim.body_lr_scale must be > 0, got 0.0"):
+        _cfg(root, dirs, "blr0", **over, **{"optim.body_lr_scale": 0.0})

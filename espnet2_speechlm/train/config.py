@@ -74,6 +74,11 @@ class OptimConfig:
     eps: float = 1.0e-8
     weight_decay: float = 3.0e-7
     clip: float = 1.0  # max global grad norm (0: no clipping)
+    # lr of the decoder layers (the pretrained body) as a fraction of lr; the embedding
+    # and output head, which hold the rows new to the model (speech units, codes,
+    # specials), keep lr.  Below 1 the text LLM's layers move less while the new rows
+    # are learnt at full speed.
+    body_lr_scale: float = 1.0
 
 
 @dataclass
@@ -157,6 +162,8 @@ def load(path=None, overrides=()) -> TrainConfig:
     cfg.optim.betas = tuple(float(b) for b in cfg.optim.betas)
     if cfg.engine.grad_accum < 1:
         raise ConfigError(f"{where}: engine.grad_accum must be >= 1")
+    if not cfg.optim.body_lr_scale > 0:
+        raise ConfigError(f"{where}: optim.body_lr_scale must be > 0, got {cfg.optim.body_lr_scale}")
     if cfg.nan_policy == "skip" and cfg.engine.name == "deepspeed":
         raise ConfigError(f"{where}: nan_policy=skip is not supported with engine deepspeed (its step cannot be dropped); use stop")
     return cfg

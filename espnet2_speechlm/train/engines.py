@@ -4,7 +4,7 @@ Every engine has the same small interface, used by the training loop:
 
     loss, stats = engine.forward(batch)          # model forward (autocast for bf16)
     engine.backward(stats, global_frames)        # gradient of sum(loss_sum) / global_frames
-    engine.set_lr(lr)                            # before the step's first micro-batch
+    engine.set_lr(lr)                            # before the step's first micro-batch (x each group's lr_scale)
     grad_norm = engine.step()                    # clip, optimizer step, zero grads
     engine.zero_grad()                           # drop accumulated grads (skipped step)
     engine.save(dir) / engine.load(dir, ...)     # engine-native checkpoint (collective)
@@ -86,14 +86,24 @@ def barrier():
         dist.barrier()
 
 
-def _adamw(params, cfg: TrainConfig):
+def _adamw(model, cfg: TrainConfig):
     o = cfg.optim
-    # decoupled weight decay on matrices only; norms, biases and the per-stream embedding are not decayed
-    decay = [p for p in params if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in params if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    params = [p for p in _unique_params(model) if p.requires_grad]
+    # the embedding and head (tied or not) hold every row new to the model; the rest is the body
+    outer = {id(p) for m in (model.embed, model.head) for p in m.parameters()}
+    groups = []
+    for part, scale in (([p for p in params if id(p) in outer], 1.0), ([p for p in params if id(p) not in outer], o.body_lr_scale)):
+        # decoupled weight decay on matrices only; norms, biases and the per-stream embedding are not decayed
+        groups += [{"params": [p for p in part if p.dim() >= 2], "weight_decay": o.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    groups = [dict(g, lr=o.lr * g["lr_scale"]) for g in groups if g["params"]]
     # foreach=False: the same per-parameter arithmetic whatever the parameter layout (DTensor shards)
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=False)
+
+
+def _set_group_lrs(param_groups, lr: float):
+    for g in param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 def _unique_params(model):
@@ -128,7 +138,7 @@ class TorchEngine:
         else:
             self.wrapped = self.model
         self.params = _unique_params(self.model)
-        self.optimizer = _adamw(self.params, cfg)
+        self.optimizer = _adamw(self.model, cfg)
 
     def _autocast(self):
         if self.cfg.engine.precision == "bf16":
@@ -158,8 +168,7 @@ class TorchEngine:
         self._ctx.__exit__(None, None, None)
 
     def set_lr(self, lr: float):
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        _set_group_lrs(self.optimizer.param_groups, lr)
 
     def step(self) -> float:
         clip = self.cfg.optim.clip if self.cfg.optim.clip > 0 else float("inf")
@@ -247,7 +256,7 @@ class DeepSpeedEngine:
                 user.pop(k, None)
             ds = _merge(user, ds)  # the trainer's own keys (stage, precision, clipping) win
         self.ds_config = ds
-        opt = _adamw(_unique_params(model), cfg)
+        opt = _adamw(model, cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
         self.A = A
         self._norm = 0.0
@@ -266,8 +275,7 @@ class DeepSpeedEngine:
         pass
 
     def set_lr(self, lr: float):
-        for g in self.engine.optimizer.param_groups:
-            g["lr"] = lr
+        _set_group_lrs(self.engine.optimizer.param_groups, lr)
 
     def step(self) -> float:
         # the optimizer step already happened in the last micro-batch's engine.step()
