@@ -91,8 +91,10 @@ def _adamw(model, cfg: TrainConfig):
     params = [p for p in _unique_params(model) if p.requires_grad]
     # the embedding and head (tied or not) hold every row new to the model; the rest is the body
     outer = {id(p) for m in (model.embed, model.head) for p in m.parameters()}
+    outer_params = [p for p in params if id(p) in outer]
+    body_params = [p for p in params if id(p) not in outer]
     groups = []
-    for part, scale in (([p for p in params if id(p) in outer], 1.0), ([p for p in params if id(p) not in outer], o.body_lr_scale)):
+    for part, scale in ((outer_params, 1.0), (body_params, o.body_lr_scale)):
         # decoupled weight decay on matrices only; norms, biases and the per-stream embedding are not decayed
         groups += [{"params": [p for p in part if p.dim() >= 2], "weight_decay": o.weight_decay, "lr_scale": scale},
                    {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
