@@ -8,6 +8,10 @@ restricted_head_peak_mem_ratio  peak memory of the loss with streams >= 1 over t
 stream0_restricted_step_speedup  train step (bf16 autocast, AdamW) of the small recipe's model shape
                                 (6 layers, width 256, 9,948-id vocabulary, 24 x 256 steps of audio and text) with
                                 stream 0 scored over the full vocabulary / over every id but the acoustic codes
+loss_positions_step_speedup     train step (bf16 autocast, AdamW) of the small recipe's model shape on demo-shaped rows
+                                (2 ASR rows: 200 speech frames, 15 text tokens; 1 TTS row: 150-frame speaker prompt,
+                                15 text tokens, 200 speech frames): head and loss over every step / over the steps
+                                with a target in the loss (what the model does)
 kv_cache_speedup_500            wall time to generate 500 frames without / with the KV cache
 collate_frames_per_s            frames/s through splicing + delay interleave + padding
 collate_to_step_ratio           collate_frames_per_s / frames/s of a training step of the
@@ -154,6 +158,49 @@ def bench_stream0_restriction(rows=24, T=256, repeats=3):
     report("stream0_restricted_step_speedup", full / restricted, "ratio")
 
 
+def bench_loss_positions(groups=8, repeats=3):
+    from espnet2_speechlm.model.loss import multistream_loss
+
+    vocab = JointVocab.build({"semantic": 500, "acoustic": 8 * 1024, "text": 1000})
+    cfg = dict(model_type="llama", hidden_size=256, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=4,
+               intermediate_size=768, max_position_embeddings=2048, tie_word_embeddings=True)
+    rng = np.random.default_rng(0)
+    seqs = []
+    for _ in range(groups):  # the demo's mix by frames: about two ASR rows per TTS row
+        for _ in range(2):
+            seqs.append(build_sequence(vocab, "asr", {"speech": random_audio(rng, 200, vocab), "text": rng.integers(0, 1000, 15)}))
+        seqs.append(build_sequence(vocab, "tts", {"text": rng.integers(0, 1000, 15), "speech": random_audio(rng, 200, vocab),
+                                                  "speaker": random_audio(rng, 150, vocab)}))
+    b = collate(seqs)
+    torch.manual_seed(0)
+    m = random_body(cfg, vocab)
+
+    def every_step():  # the forward before this change: head and loss over all B x S steps
+        steps, lmask, am = b["steps"], b["loss_mask"], b["attention_mask"]
+        mask = lmask[:, 1:] & am[:, 1:].bool().unsqueeze(-1)
+        h, _ = m.hidden(steps[:, :-1], am[:, :-1])
+        l0, rest = m.head(h, local0=True)
+        s, n, _ = multistream_loss(l0, rest, steps[:, 1:], mask, m.categories, m.cat_weights, m.head.acoustic_index,
+                                   stream0_local=m.head.stream0_local)
+        return s / n
+
+    def loss_steps():
+        return m(b["steps"], b["loss_mask"], b["attention_mask"])[0]
+
+    times = {}
+    for name, fn in (("all", every_step), ("loss", loss_steps)) * 2:  # interleaved: both see the same machine load
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn()
+
+        times.setdefault(name, []).append(step_time(run, m.parameters(), repeats))
+    full, gated = min(times["all"]), min(times["loss"])
+    frames = int(b["attention_mask"].sum())
+    log(f"[loss-positions] {frames} steps: head over every step {full:.2f}s ({frames / full:.0f} frames/s), "
+        f"over the loss steps {gated:.2f}s ({frames / gated:.0f} frames/s)")
+    report("loss_positions_step_speedup", full / gated, "ratio")
+
+
 def bench_kv_cache(frames=500):
     vocab = JointVocab.build({"semantic": 500, "acoustic": 8 * 256, "text": 2000})
     cfg = dict(model_type="llama", hidden_size=384, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
@@ -222,13 +269,15 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["_loss_peak"]:
         _loss_peak_child(bool(int(sys.argv[2])), int(sys.argv[3]))
         sys.exit(0)
-    which = sys.argv[1:] or ["overhead", "memory", "stream0", "kvcache", "collate"]
+    which = sys.argv[1:] or ["overhead", "memory", "stream0", "positions", "kvcache", "collate"]
     if "overhead" in which:
         bench_step_overhead()
     if "memory" in which:
         bench_restricted_head_memory()
     if "stream0" in which:
         bench_stream0_restriction()
+    if "positions" in which:
+        bench_loss_positions()
     if "kvcache" in which:
         bench_kv_cache()
     if "collate" in which:

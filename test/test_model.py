@@ -208,3 +208,45 @@ def test_unknown_config_key_is_named(tmp_path):
         cfgmod.load(ModelConfig, p)
     c = cfgmod.load(ModelConfig, None, ["loss_weights.acoustic=0.125", "head=shared"])
     assert c.loss_weights.acoustic == 0.125
+
+
+def test_head_runs_only_where_a_target_is_in_the_loss(small_vocab, tiny_llama_cfg):
+    """An ASR row (speech prompt outside the loss) padded beside a TTS row: the
+    head sees only steps with a target in the loss, and the loss and its
+    gradients equal the head and loss over every step."""
+    from espnet2_speechlm.data.collate import collate
+
+    torch.manual_seed(0)
+    m = random_body(tiny_llama_cfg, small_vocab)
+    rng = np.random.default_rng(1)
+
+    def audio(T):
+        return np.concatenate([rng.integers(0, 50, (T, 1)), rng.integers(0, 16, (T, 8))], 1)
+
+    b = collate([
+        build_sequence(small_vocab, "asr", {"speech": audio(20), "text": np.array([1, 2, 3])}),
+        build_sequence(small_vocab, "tts", {"text": np.array([4, 5]), "speech": audio(9)}),
+    ])
+    seen = []
+    hook = m.head.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[:-1].numel()))
+    loss, stats = m(b["steps"], b["loss_mask"], b["attention_mask"])
+    hook.remove()
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+
+    steps, lmask, am = b["steps"], b["loss_mask"], b["attention_mask"]
+    mask = lmask[:, 1:] & am[:, 1:].bool().unsqueeze(-1)
+    in_loss = int(mask.any(-1).sum())
+    assert seen == [in_loss] and in_loss < am[:, :-1].sum() - 15  # the ASR prompt's steps are skipped
+    h, _ = m.hidden(steps[:, :-1], am[:, :-1])
+    logits0, rest = m.head(h, local0=True)
+    ref_sum, ref_frames, ref_stats = multistream_loss(
+        logits0, rest, steps[:, 1:], mask, m.categories, m.cat_weights, m.head.acoustic_index, stream0_local=m.head.stream0_local)
+    ref = ref_sum / ref_frames
+    torch.testing.assert_close(loss, ref)
+    assert stats["num_frames"] == ref_frames and stats["loss_text"] == pytest.approx(ref_stats["loss_text"], rel=1e-5)
+    ref.backward()
+    for n, p in m.named_parameters():
+        if n in got:
+            torch.testing.assert_close(got[n], p.grad, msg=n)

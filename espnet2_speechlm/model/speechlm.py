@@ -45,6 +45,17 @@ def _decoder_of(lm: nn.Module) -> nn.Module:
     return dec
 
 
+def _loss_positions(h: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor):
+    """Keep the steps with at least one target in the loss: ``h [B, S, D]``,
+    ``tgt`` and ``mask [B, S, N]`` -> ``[1, M, D]``, ``[1, M, N]``, ``[1, M, N]``
+    (unchanged when every step is kept).  The loss is the same, because it
+    weights every other step by zero."""
+    keep = mask.any(-1)
+    if bool(keep.all()):
+        return h, tgt, mask
+    return h[keep].unsqueeze(0), tgt[keep].unsqueeze(0), mask[keep].unsqueeze(0)
+
+
 class MultiStreamLM(nn.Module):
     def __init__(self, lm: nn.Module, vocab: JointVocab, cfg: ModelConfig):
         """Wrap ``lm`` (a causal LM whose embedding and head already have
@@ -155,6 +166,10 @@ class MultiStreamLM(nn.Module):
         if s0_local is None or not s0_local.numel():
             s0_local = None
         ctc = self._ctc_inputs(h, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self.cfg.ctc_weight > 0 else None
+        # The head and the loss run only where some target is in the loss.  Prompts (an ASR
+        # example's speech, a TTS speaker prompt) and padding are most steps of the demo's
+        # batches, and their 9-stream logits would be multiplied by zero.
+        h, tgt, mask = _loss_positions(h, tgt, mask)
         if ctc is not None:
             logits0, rest, ctc_logits = self.head(h, local0=s0_local is not None, ctc_hidden=ctc[0])
         else:
