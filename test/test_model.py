@@ -247,6 +247,7 @@ def test_head_runs_only_where_a_target_is_in_the_loss(small_vocab, tiny_llama_cf
     torch.testing.assert_close(loss, ref)
     assert stats["num_frames"] == ref_frames and stats["loss_text"] == pytest.approx(ref_stats["loss_text"], rel=1e-5)
     ref.backward()
+    assert got.keys() == {n for n, p in m.named_parameters() if p.grad is not None}
     for n, p in m.named_parameters():
         if n in got:
             torch.testing.assert_close(got[n], p.grad, msg=n)
