@@ -1,8 +1,13 @@
 """mini_espeak's corpus builder: the clause texts added to training never leak a
-held-out sentence and obey the recipe's vocabulary and length limits."""
+held-out sentence and obey the recipe's vocabulary and length limits; the drawn
+training speakers are distinct, real espeak-ng voices and never a test voice."""
 
 import importlib.util
+import shutil
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,3 +48,44 @@ def test_clauses_are_in_vocabulary_unique_and_never_inside_held_out_text(sents, 
         assert 3 <= len(ws) <= 10 and all(w in vocab for w in ws)
         for h in held:
             assert f" {k} " not in f" {' '.join(make_corpus.words(h))} "
+
+
+@given(st.integers(1, len(make_corpus.SPEAKER_ACCENTS) * len(make_corpus.SPEAKER_VARIANTS)), st.integers(0, 2**16))
+@settings(max_examples=50, deadline=None)
+def test_drawn_speakers_are_distinct_and_never_a_test_voice(n, seed):
+    import random
+
+    got = make_corpus.draw_speakers(n, random.Random(seed))
+    assert len(got) == n and len({s for s, _, _ in got}) == n and len({(v, p) for _, v, p in got}) == n
+    # a test voice with a variant holds out that variant; one without, its accent
+    test_accents = {v for v in make_corpus.TEST_VOICES if "+" not in v}
+    test_variants = {v.split("+")[1] for v in make_corpus.TEST_VOICES if "+" in v}
+    assert test_accents and test_variants
+    for spk, voice, pitch in got:
+        accent, _, variant = voice.partition("+")
+        assert accent not in test_accents and variant not in test_variants
+        assert 0 <= pitch <= 99 and spk.startswith(accent)
+
+
+def test_too_many_speakers_is_refused_with_the_limit():
+    import random
+
+    n = len(make_corpus.SPEAKER_ACCENTS) * len(make_corpus.SPEAKER_VARIANTS)
+    with pytest.raises(SystemExit, match=f"more than the {n}"):
+        make_corpus.draw_speakers(n + 1, random.Random(0))
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_every_speaker_variant_and_accent_is_a_real_espeak_voice():
+    # espeak-ng falls back to the plain voice without a word when a variant is unknown,
+    # so a misspelt name would silently shrink the speaker pool: each must change the audio
+    text = "the cat sat on the mat"
+    plain = make_corpus.render(text, "en-us", 160)
+    for v in make_corpus.SPEAKER_VARIANTS[1:]:
+        w = make_corpus.render(text, f"en-us+{v}", 160)
+        assert len(w) != len(plain) or not np.array_equal(w, plain), f"variant {v!r} sounds like plain en-us"
+    base = make_corpus.render(text, "en-us", 160, pitch=50)
+    for a in make_corpus.SPEAKER_ACCENTS[1:]:
+        w = make_corpus.render(text, a, 160)
+        assert len(w) != len(base) or not np.array_equal(w, base), f"accent {a!r} sounds like en-us"
+    assert not np.array_equal(make_corpus.render(text, "en-us", 160, pitch=30), base)

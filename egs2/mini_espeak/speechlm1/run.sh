@@ -22,7 +22,7 @@ done
 task_ratios="asr:1.0 tts:0.3 textlm:0.1 audiolm:0.05"
 if [ "${fast}" = true ]; then
   conf=conf/fast
-  data_opts="--max_train_sentences 40 --num_test 10 --voices_per_sentence 2"
+  data_opts="--max_train_sentences 40 --num_test 10 --voices_per_sentence 2 --train_speakers 12"
   tok_args="--semantic mfcc --semantic_k 32 --acoustic mel_rvq --codebook_size 32 --epochs 3 --griffin_lim_iters 4"
   bpe=100
 else

@@ -8,6 +8,7 @@ voices_per_sentence=4
 max_train_sentences=0
 clause_voices=0       # >0: also speak the clauses of in-vocabulary sentences (more short training texts)
 speed_range=130:200   # espeak-ng words per minute of the training speech
+train_speakers=0      # >0: that many training speakers drawn from accents x variants x pitches (0: 8 fixed voices)
 . ./path.sh
 . utils/parse_options.sh
 
@@ -25,4 +26,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python local/make_corpus.py --data data --wav_dir downloads/wav --vocab_words "${vocab_words}" --num_test "${num_test}" \
   --voices_per_sentence "${voices_per_sentence}" --max_train_sentences "${max_train_sentences}" \
-  --clause_voices "${clause_voices}" --speed_range "${speed_range}"
+  --clause_voices "${clause_voices}" --speed_range "${speed_range}" --train_speakers "${train_speakers}"

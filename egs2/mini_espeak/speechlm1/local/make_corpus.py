@@ -10,7 +10,10 @@ voices; every test word occurs in some training sentence.  With
 ``--clause_voices`` the clauses of every in-vocabulary fortune sentence (split
 at , ; : and sentence ends, 3-10 words) are spoken too: several times more
 short training texts over the same words.  A clause that occurs inside a
-dev/test sentence is left out.
+dev/test sentence is left out.  With ``--train_speakers N`` the training speech
+comes from N speakers drawn from espeak-ng's English accents x voice variants x
+pitches instead of 8 fixed voices: more voices to generalise to the held-out
+ones from (the test accent and variant are never drawn).
 
 Writes data/{train,dev,test}/{wav.scp,text,utt2spk}, data/lm_text/text and
 the wav files under --wav_dir (16 kHz, mono).
@@ -36,6 +39,27 @@ from scipy.signal import resample_poly
 
 TRAIN_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-us+f2", "en-us+m3", "en-gb+f4", "en-us+m7"]
 TEST_VOICES = ["en-gb-x-gbclan", "en-us+f5"]
+# --train_speakers draws its speakers from these accents x variants x pitches.  The test
+# voices' accent (gbclan) and variant (f5) are not among them, so no test voice is trained on.
+SPEAKER_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
+SPEAKER_VARIANTS = [
+    "", "m1", "m2", "m3", "m4", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "klatt", "klatt2", "klatt3",
+    "adam", "Alex", "Andy", "Annie", "benjamin", "caleb", "david", "ed", "edward", "iven", "john",
+    "linda", "max", "Michael", "paul", "quincy", "rob", "robert", "steph", "travis", "victor", "zac",
+]
+
+
+def draw_speakers(n: int, rng: random.Random) -> list[tuple[str, str, int]]:
+    """``n`` distinct (speaker id, espeak-ng voice, pitch 0-99) for training."""
+    combos = [(a, v) for a in SPEAKER_ACCENTS for v in SPEAKER_VARIANTS]
+    if n > len(combos):
+        raise SystemExit(f"make_corpus.py: --train_speakers {n} is more than the {len(combos)} accent x variant voices")
+    out = []
+    for a, v in rng.sample(combos, n):
+        pitch = rng.randint(25, 75)
+        voice = f"{a}+{v}" if v else a
+        out.append((f"{a}_{v or 'base'}_p{pitch:02d}", voice, pitch))
+    return out
 
 
 def read_fortunes(root: str) -> list[str]:
@@ -76,8 +100,9 @@ def held_clauses(sentences: list[str], vocab: set[str], held: set[str]) -> list[
     return list(out.values())
 
 
-def render(text: str, voice: str, speed: int) -> np.ndarray:
-    raw = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=True).stdout
+def render(text: str, voice: str, speed: int, pitch: int = 50) -> np.ndarray:
+    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text]
+    raw = subprocess.run(cmd, capture_output=True, check=True).stdout
     wav, sr = sf.read(io.BytesIO(raw), dtype="float32")
     if sr != 16000:
         from fractions import Fraction
@@ -100,6 +125,9 @@ def main() -> int:
                    help="also train on the clauses (3-10 words, split at , ; :) of every fortune sentence made of the "
                         "--vocab_words words, each spoken by this many voices (0: none); clauses that occur in a held-out "
                         "sentence are left out")
+    p.add_argument("--train_speakers", type=int, default=0,
+                   help="0: the 8 fixed training voices; N: N speakers drawn from espeak-ng accents x voice variants x "
+                        "pitches (more speakers for a model to generalise to unseen voices from)")
     p.add_argument("--speed_range", default="130:200", help="espeak-ng speeds (words per minute) of training speech, lo:hi")
     p.add_argument("--test_speed", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
@@ -133,26 +161,30 @@ def main() -> int:
           f"sentences over {len(train_words)} words, {len(clauses)} clauses; text-only corpus {len(lm_text)} sentences", file=sys.stderr)
     lo, hi = (int(x) for x in a.speed_range.split(":"))
 
-    jobs = []  # (set, utt, spk, text, voice, speed)
+    if a.train_speakers:
+        speakers = draw_speakers(a.train_speakers, rng)
+    else:
+        speakers = [(v.replace("+", "_"), v, 50) for v in TRAIN_VOICES]
+    jobs = []  # (set, utt, spk, text, voice, speed, pitch)
     for i, s in enumerate(train):
-        for v in rng.sample(TRAIN_VOICES, a.voices_per_sentence):
-            jobs.append(("train", f"{v.replace('+', '_')}-tr{i:05d}", v, s, v, rng.randint(lo, hi)))
+        for spk, v, pitch in rng.sample(speakers, a.voices_per_sentence):
+            jobs.append(("train", f"{spk}-tr{i:05d}", spk, s, v, rng.randint(lo, hi), pitch))
     for i, s in enumerate(clauses):
-        for v in rng.sample(TRAIN_VOICES, a.clause_voices):
-            jobs.append(("train", f"{v.replace('+', '_')}-cl{i:05d}", v, s, v, rng.randint(lo, hi)))
+        for spk, v, pitch in rng.sample(speakers, a.clause_voices):
+            jobs.append(("train", f"{spk}-cl{i:05d}", spk, s, v, rng.randint(lo, hi), pitch))
     for name, sents in (("dev", dev), ("test", test)):
         for i, s in enumerate(sents):
             v = TEST_VOICES[i % len(TEST_VOICES)]
-            jobs.append((name, f"{v.replace('+', '_')}-{name}{i:04d}", v, s, v, a.test_speed))
+            jobs.append((name, f"{v.replace('+', '_')}-{name}{i:04d}", v.replace("+", "_"), s, v, a.test_speed, 50))
     wav_dir = Path(a.wav_dir).resolve()
     wav_dir.mkdir(parents=True, exist_ok=True)
 
     def work(j):
-        _, utt, _, text, voice, speed = j
+        _, utt, _, text, voice, speed, pitch = j
         path = wav_dir / f"{utt}.wav"
         if not path.exists():
             tmp = path.with_suffix(".tmp.wav")
-            sf.write(tmp, render(text, voice, speed), 16000, subtype="PCM_16")
+            sf.write(tmp, render(text, voice, speed, pitch), 16000, subtype="PCM_16")
             os.replace(tmp, path)
         return path
 
@@ -161,7 +193,7 @@ def main() -> int:
     for name in ("train", "dev", "test"):
         d = Path(a.data) / name
         d.mkdir(parents=True, exist_ok=True)
-        rows = sorted((utt, spk, text, path) for (n, utt, spk, text, _, _), path in zip(jobs, paths) if n == name)
+        rows = sorted((utt, spk, text, path) for (n, utt, spk, text, *_), path in zip(jobs, paths) if n == name)
         (d / "wav.scp").write_text("".join(f"{u} {pth}\n" for u, _, _, pth in rows))
         (d / "text").write_text("".join(f"{u} {t}\n" for u, _, t, _ in rows))
         (d / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s, _, _ in rows))
