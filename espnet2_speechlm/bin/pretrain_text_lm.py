@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     from .. import config as cfgmod
     from ..tokenizers.audio import read_table
     from ..tokenizers.text import load_text_tokenizer
+    from ..train.engines import decay_groups
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML (TextLMConfig keys)")
@@ -149,10 +150,7 @@ def main(argv=None) -> int:
     conf = AutoConfig.for_model(d.pop("model_type", "llama"), vocab_size=int(tok.vocab_size), **d)
     model = AutoModelForCausalLM.from_config(conf, attn_implementation="sdpa")
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters ({conf.model_type})")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(decay_groups(model.parameters(), cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     bf16 = cfg.precision == "bf16"
     it = batches(train, cfg.batch_tokens, rng)
     out = Path(a.out_dir)

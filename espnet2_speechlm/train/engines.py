@@ -86,6 +86,14 @@ def barrier():
         dist.barrier()
 
 
+def decay_groups(params, weight_decay: float, **extra) -> list[dict]:
+    """AdamW parameter groups: decoupled weight decay on matrices only; norms, biases
+    and the per-stream embedding are not decayed.  ``extra`` goes into both groups."""
+    params = list(params)
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, **extra},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra}]
+
+
 def _adamw(model, cfg: TrainConfig):
     o = cfg.optim
     params = [p for p in _unique_params(model) if p.requires_grad]
@@ -95,9 +103,7 @@ def _adamw(model, cfg: TrainConfig):
     body_params = [p for p in params if id(p) not in outer]
     groups = []
     for part, scale in ((outer_params, 1.0), (body_params, o.body_lr_scale)):
-        # decoupled weight decay on matrices only; norms, biases and the per-stream embedding are not decayed
-        groups += [{"params": [p for p in part if p.dim() >= 2], "weight_decay": o.weight_decay, "lr_scale": scale},
-                   {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+        groups += decay_groups(part, o.weight_decay, lr_scale=scale)
     groups = [dict(g, lr=o.lr * g["lr_scale"]) for g in groups if g["params"]]
     # foreach=False: the same per-parameter arithmetic whatever the parameter layout (DTensor shards)
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=False)
