@@ -3,6 +3,7 @@ held-out sentence and obey the recipe's vocabulary and length limits; the drawn
 training speakers are distinct, real espeak-ng voices and never a test voice."""
 
 import importlib.util
+import random
 import shutil
 from pathlib import Path
 
@@ -53,8 +54,6 @@ def test_clauses_are_in_vocabulary_unique_and_never_inside_held_out_text(sents, 
 @given(st.integers(1, len(make_corpus.SPEAKER_ACCENTS) * len(make_corpus.SPEAKER_VARIANTS)), st.integers(0, 2**16))
 @settings(max_examples=50, deadline=None)
 def test_drawn_speakers_are_distinct_and_never_a_test_voice(n, seed):
-    import random
-
     got = make_corpus.draw_speakers(n, random.Random(seed))
     assert len(got) == n and len({s for s, _, _ in got}) == n and len({(v, p) for _, v, p in got}) == n
     # a test voice with a variant holds out that variant; one without, its accent
@@ -68,8 +67,6 @@ def test_drawn_speakers_are_distinct_and_never_a_test_voice(n, seed):
 
 
 def test_too_many_speakers_is_refused_with_the_limit():
-    import random
-
     n = len(make_corpus.SPEAKER_ACCENTS) * len(make_corpus.SPEAKER_VARIANTS)
     with pytest.raises(SystemExit, match=f"more than the {n}"):
         make_corpus.draw_speakers(n + 1, random.Random(0))
@@ -82,10 +79,7 @@ def test_every_speaker_variant_and_accent_is_a_real_espeak_voice():
     text = "the cat sat on the mat"
     plain = make_corpus.render(text, "en-us", 160)
     for v in make_corpus.SPEAKER_VARIANTS[1:]:
-        w = make_corpus.render(text, f"en-us+{v}", 160)
-        assert len(w) != len(plain) or not np.array_equal(w, plain), f"variant {v!r} sounds like plain en-us"
-    base = make_corpus.render(text, "en-us", 160, pitch=50)
+        assert not np.array_equal(make_corpus.render(text, f"en-us+{v}", 160), plain), f"variant {v!r} sounds like plain en-us"
     for a in make_corpus.SPEAKER_ACCENTS[1:]:
-        w = make_corpus.render(text, a, 160)
-        assert len(w) != len(base) or not np.array_equal(w, base), f"accent {a!r} sounds like en-us"
-    assert not np.array_equal(make_corpus.render(text, "en-us", 160, pitch=30), base)
+        assert not np.array_equal(make_corpus.render(text, a, 160), plain), f"accent {a!r} sounds like en-us"
+    assert not np.array_equal(make_corpus.render(text, "en-us", 160, pitch=30), plain)

@@ -49,6 +49,11 @@ SPEAKER_VARIANTS = [
 ]
 
 
+def speaker_id(voice: str) -> str:
+    """A fixed voice's speaker id, also the prefix of its utterance ids (``+`` is not Kaldi-safe)."""
+    return voice.replace("+", "_")
+
+
 def draw_speakers(n: int, rng: random.Random) -> list[tuple[str, str, int]]:
     """``n`` distinct (speaker id, espeak-ng voice, pitch 0-99) for training."""
     combos = [(a, v) for a in SPEAKER_ACCENTS for v in SPEAKER_VARIANTS]
@@ -164,7 +169,7 @@ def main() -> int:
     if a.train_speakers:
         speakers = draw_speakers(a.train_speakers, rng)
     else:
-        speakers = [(v.replace("+", "_"), v, 50) for v in TRAIN_VOICES]
+        speakers = [(speaker_id(v), v, 50) for v in TRAIN_VOICES]
     jobs = []  # (set, utt, spk, text, voice, speed, pitch)
     for i, s in enumerate(train):
         for spk, v, pitch in rng.sample(speakers, a.voices_per_sentence):
@@ -175,7 +180,7 @@ def main() -> int:
     for name, sents in (("dev", dev), ("test", test)):
         for i, s in enumerate(sents):
             v = TEST_VOICES[i % len(TEST_VOICES)]
-            jobs.append((name, f"{v.replace('+', '_')}-{name}{i:04d}", v.replace("+", "_"), s, v, a.test_speed, 50))
+            jobs.append((name, f"{speaker_id(v)}-{name}{i:04d}", speaker_id(v), s, v, a.test_speed, 50))
     wav_dir = Path(a.wav_dir).resolve()
     wav_dir.mkdir(parents=True, exist_ok=True)
 
