@@ -127,6 +127,20 @@ def test_sigterm_writes_a_checkpoint_and_resume_equals_uninterrupted(data, refer
     _assert_same_run(exp, reference[0])
 
 
+def test_stop_after_validates_a_scheduled_checkpoint_only(data, reference):
+    """stop_after on a checkpoint step (every 3) validates there as an uninterrupted run
+    would; stopping between checkpoint steps saves an extra checkpoint without validating."""
+    root, dirs = data
+    exp = root / "stop"
+    cfg = train_yaml(root / "stop.yaml", exp, dirs, **OVER, **{"data.valid": [str(dirs["asr"])]})
+    for n, last in ((4, 4), (2, 6)):
+        r = run_train(cfg, f"stop_after={n}")
+        assert r.returncode == 0 and f"stopped at step {last}" in r.stderr, r.stderr[-3000:]
+    assert [v["step"] for v in history(exp, "valid")] == [3, 6]
+    ref = {v["step"]: v["loss"] for v in history(reference[0], "valid")}
+    assert history(exp, "valid")[-1]["loss"] == ref[6]
+
+
 def test_annealing_starts_from_checkpoint_and_ends_at_lr_zero(data, reference):
     root, dirs = data
     src = reference[0] / "checkpoints" / f"step_{TOTAL:08d}"

@@ -270,11 +270,14 @@ def train(cfg: TrainConfig) -> dict:
                 rep.record(rec)
                 rep.line(_format(rec))
             stop_now = all_reduce_sum(float(sig.received > 0 or (cfg.stop_after and ran >= cfg.stop_after)), device) > 0
-            do_ckpt = step % cfg.checkpoint.every == 0 or step == total or stop_now
+            scheduled = step % cfg.checkpoint.every == 0 or step == total
+            do_ckpt = scheduled or stop_now
             if cfg.log.valid_every and step % cfg.log.valid_every == 0 and not do_ckpt:
                 validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step)
             if do_ckpt:
-                if cfg.data.valid and not stop_now:
+                # a scheduled checkpoint is validated also when the run stops there (stop_after);
+                # a signal's extra checkpoint is not: pre-emption leaves little time
+                if cfg.data.valid and scheduled and not sig.received:
                     validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step)
                 save_checkpoint(cfg, engine, model, ckroot, step, epoch, offset, counters, rank, rep)
             if stop_now:
