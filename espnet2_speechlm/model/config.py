@@ -21,6 +21,18 @@ class LossWeights:
 
 
 @dataclass
+class GuidedAttention:
+    """An auxiliary loss that pulls chosen heads towards the diagonal alignment
+    of a target with its conditioning (ASR: text over speech, TTS: speech over
+    text); see ``guided_attention.py``.  ``weight`` 0 turns it off (the paper)."""
+
+    weight: float = 0.0
+    sigma: float = 0.2  # width of the diagonal band, as a fraction of the lengths
+    layers: list[int] = field(default_factory=lambda: [2])  # body layer indices (negative from the top)
+    heads: list[int] = field(default_factory=lambda: [0])  # query heads in each of those layers
+
+
+@dataclass
 class ModelConfig:
     num_streams: int = 9
     loss_weights: LossWeights = field(default_factory=LossWeights)
@@ -38,6 +50,7 @@ class ModelConfig:
     # <pad> (the blank) and the text ids: the frames learn what they say directly,
     # instead of only through the text positions' attention
     ctc_weight: float = 0.0
+    guided_attention: GuidedAttention = field(default_factory=GuidedAttention)
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     # the vocabulary this model was built for (vocab.json's fingerprint)

@@ -27,6 +27,7 @@ from .. import config as cfgmod
 from ..interleave import delay
 from ..vocab import PAD, JointVocab, VocabError
 from .config import ModelConfig
+from .guided_attention import AttentionCapture, alignment_pairs, guided_attention_sum
 from .heads import HEADS, MultiStreamEmbedding
 from .loss import category_table, ctc_loss_sum, ctc_segments, multistream_loss, weight_per_category
 
@@ -102,6 +103,16 @@ class MultiStreamLM(nn.Module):
         self.register_buffer("cat_weights", weight_per_category(cfg.loss_weights), persistent=False)
         if cfg.gradient_checkpointing:
             lm.gradient_checkpointing_enable()
+        self._guided = None
+        ga = cfg.guided_attention
+        if ga.weight > 0:
+            layers = getattr(self.body, "layers", None)
+            if layers is None:
+                raise ValueError(f"guided attention needs a body with .layers; {type(self.body).__name__} has none")
+            heads = lm.config.num_attention_heads
+            if not ga.heads or any(not 0 <= h < heads for h in ga.heads):
+                raise ValueError(f"guided attention: heads {ga.heads} must be a non-empty list of heads 0..{heads - 1}")
+            self._guided = AttentionCapture(layers, ga.layers)
 
     # ----------------------------------------------------------- properties
     @property
@@ -161,7 +172,14 @@ class MultiStreamLM(nn.Module):
         if attention_mask is not None:
             mask = mask & attention_mask[:, 1:].bool().unsqueeze(-1)
         pid = position_ids[:, :-1] if position_ids is not None else None
-        h, _ = self.hidden(inp, am, pid)
+        pairs = self._guided_pairs(steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self._guided is not None else None
+        if pairs:
+            self._guided.active = True
+        try:
+            h, _ = self.hidden(inp, am, pid)
+        finally:
+            if self._guided is not None:
+                self._guided.active = False
         s0_local = getattr(self.head, "stream0_local", None)
         if s0_local is None or not s0_local.numel():
             s0_local = None
@@ -183,10 +201,27 @@ class MultiStreamLM(nn.Module):
             ctc_sum = ctc_loss_sum(torch.log_softmax(ctc_logits.float(), dim=-1), lengths, targets)
             loss_sum = loss_sum + self.cfg.ctc_weight * ctc_sum
             stats["loss_ctc"] = (ctc_sum.detach() / sum(len(t) for t in targets)).item()
+        if pairs:
+            ga = self.cfg.guided_attention
+            ga_sum, ga_count = guided_attention_sum(self._guided, ga.heads, pairs, ga.sigma)
+            self._guided.clear()
+            loss_sum = loss_sum + ga.weight * ga_sum
+            stats["loss_guided"] = (ga_sum.detach() / (ga_count * len(ga.heads) * len(self._guided.layer_ids))).item()
         loss = loss_sum / num_frames.clamp_min(1)
         stats["loss_sum"] = loss_sum.detach()
         stats["num_frames"] = num_frames.detach()
         return loss, stats
+
+    def _guided_pairs(self, ids0, mask0, attention_mask):
+        """Per row, the (conditioning, target) runs of :func:`alignment_pairs`
+        (only when some row has one and the model is training)."""
+        if not self.training:
+            return None
+        B, S = ids0.shape
+        lens = attention_mask[:, :-1].sum(1).tolist() if attention_mask is not None else [S] * B
+        ids_h, mask_h, cats_h = ids0.cpu(), mask0.cpu(), self.categories.cpu()
+        pairs = [alignment_pairs(ids_h[b], mask_h[b], cats_h, int(lens[b])) for b in range(B)]
+        return pairs if any(pairs) else None
 
     def _ctc_inputs(self, h, ids0, mask0, attention_mask):
         """The auxiliary CTC loss's inputs: hidden states of the prompt speech

@@ -112,7 +112,7 @@ def check_context(mix: Mixture, model: MultiStreamLM, cfg: TrainConfig) -> None:
 
 
 # ------------------------------------------------------------------- helpers
-STAT_KEYS_CAT = [f"loss_{c}" for c in CATEGORY_NAMES[1:]] + ["loss_ctc"]
+STAT_KEYS_CAT = [f"loss_{c}" for c in CATEGORY_NAMES[1:]] + ["loss_ctc", "loss_guided"]
 
 
 def _stat_keys(N: int) -> list[str]:
