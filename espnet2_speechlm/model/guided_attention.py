@@ -138,7 +138,8 @@ class AttentionCapture:
 
     def queries_keys(self, i: int, heads: list[int], b: int, q_pos: torch.Tensor, k_end: int):
         """Rotated queries ``[H, len(q_pos), d]`` of ``heads`` at positions
-        ``q_pos`` of row ``b``, and their keys ``[H, k_end, d]`` at 0..k_end-1."""
+        ``q_pos`` of row ``b``, their keys ``[H, k_end, d]`` at 0..k_end-1, and
+        the module's score scaling."""
         attn = self.modules[i]
         h, (cos, sin) = self.inputs[i]
         d = attn.head_dim
