@@ -269,7 +269,9 @@ def train(cfg: TrainConfig) -> dict:
                 counters["frames"] += rec["frames"]
                 rep.record(rec)
                 rep.line(_format(rec))
-            stop_now = all_reduce_sum(float(sig.received > 0 or (cfg.stop_after and ran >= cfg.stop_after)), device) > 0
+            # every rank must agree on stopping and validating (both run collectives)
+            signalled = all_reduce_sum(float(sig.received > 0), device) > 0
+            stop_now = signalled or bool(cfg.stop_after and ran >= cfg.stop_after)
             scheduled = step % cfg.checkpoint.every == 0 or step == total
             do_ckpt = scheduled or stop_now
             if cfg.log.valid_every and step % cfg.log.valid_every == 0 and not do_ckpt:
@@ -277,7 +279,7 @@ def train(cfg: TrainConfig) -> dict:
             if do_ckpt:
                 # a scheduled checkpoint is validated also when the run stops there (stop_after);
                 # a signal's extra checkpoint is not: pre-emption leaves little time
-                if cfg.data.valid and scheduled and not sig.received:
+                if cfg.data.valid and scheduled and not signalled:
                     validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step)
                 save_checkpoint(cfg, engine, model, ckroot, step, epoch, offset, counters, rank, rep)
             if stop_now:
