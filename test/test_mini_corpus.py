@@ -83,3 +83,21 @@ def test_every_speaker_variant_and_accent_is_a_real_espeak_voice():
     for a in make_corpus.SPEAKER_ACCENTS[1:]:
         assert not np.array_equal(make_corpus.render(text, a, 160), plain), f"accent {a!r} sounds like en-us"
     assert not np.array_equal(make_corpus.render(text, "en-us", 160, pitch=30), plain)
+
+
+def test_the_wav_cache_never_serves_another_text_under_the_same_id(tmp_path):
+    """Utterance ids number sentences in a list that depends on the options, so
+    a rerun with other options may give an id another text: it gets new audio."""
+    a = make_corpus.cached_render(tmp_path, "en-us_f2-tr00001", "Hello there.", "en-us+f2", 160, 50)
+    stamp = a.stat().st_mtime_ns
+    assert make_corpus.cached_render(tmp_path, "en-us_f2-tr00001", "Hello there.", "en-us+f2", 160, 50) == a
+    assert a.stat().st_mtime_ns == stamp  # reused, not rendered again
+    b = make_corpus.cached_render(tmp_path, "en-us_f2-tr00001", "Good night.", "en-us+f2", 160, 50)
+    assert b != a and a.exists()
+    import soundfile as sf
+
+    assert np.array_equal(sf.read(b, dtype="int16")[0], sf.read(make_corpus.cached_render(tmp_path, "x", "Good night.", "en-us+f2", 160, 50), dtype="int16")[0])
+    assert not np.array_equal(sf.read(a, dtype="int16")[0], sf.read(b, dtype="int16")[0])
+    # speed and pitch are part of the key too
+    assert len({make_corpus.cached_render(tmp_path, "u", "Hello there.", "en-us", s, p) for s, p in ((160, 50), (170, 50), (160, 40))}) == 3
+    assert not list(tmp_path.glob("*.tmp.wav"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import hashlib
 import io
 import os
 import random
@@ -117,6 +118,20 @@ def render(text: str, voice: str, speed: int, pitch: int = 50) -> np.ndarray:
     return wav
 
 
+def cached_render(wav_dir: Path, utt: str, text: str, voice: str, speed: int, pitch: int) -> Path:
+    """``wav_dir/<utt>.<key>.wav``, rendered unless already there.  The key
+    hashes what is spoken and how, so a rerun with other options (another
+    sentence list, speed range or seed) never reuses audio of another text
+    under the same utterance id."""
+    key = hashlib.sha1(f"{voice}|{speed}|{pitch}|{text}".encode()).hexdigest()[:12]
+    path = wav_dir / f"{utt}.{key}.wav"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp.wav")
+        sf.write(tmp, render(text, voice, speed, pitch), 16000, subtype="PCM_16")
+        os.replace(tmp, path)
+    return path
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fortunes", default="/usr/share/games/fortunes")
@@ -184,17 +199,8 @@ def main() -> int:
     wav_dir = Path(a.wav_dir).resolve()
     wav_dir.mkdir(parents=True, exist_ok=True)
 
-    def work(j):
-        _, utt, _, text, voice, speed, pitch = j
-        path = wav_dir / f"{utt}.wav"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp.wav")
-            sf.write(tmp, render(text, voice, speed, pitch), 16000, subtype="PCM_16")
-            os.replace(tmp, path)
-        return path
-
     with ThreadPoolExecutor(a.jobs) as ex:
-        paths = list(ex.map(work, jobs))
+        paths = list(ex.map(lambda j: cached_render(wav_dir, j[1], *j[3:]), jobs))  # (utt, text, voice, speed, pitch)
     for name in ("train", "dev", "test"):
         d = Path(a.data) / name
         d.mkdir(parents=True, exist_ok=True)
