@@ -35,7 +35,6 @@ from .loss import CATEGORY_NAMES
 
 _SEMANTIC = CATEGORY_NAMES.index("semantic")
 _TEXT = CATEGORY_NAMES.index("text")
-_GAP = (CATEGORY_NAMES.index("pad"), CATEGORY_NAMES.index("special"))
 
 
 def alignment_pairs(ids0: torch.Tensor, loss_mask0: torch.Tensor, categories: torch.Tensor, length: int | None = None):
