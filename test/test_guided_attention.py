@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from espnet2_speechlm.data.collate import collate
 from espnet2_speechlm.model.build import random_body
 from espnet2_speechlm.model.config import GuidedAttention
-from espnet2_speechlm.model.guided_attention import alignment_pairs, diagonal_weights
-from espnet2_speechlm.model.loss import category_table
+from espnet2_speechlm.model.guided_attention import diagonal_weights
+from espnet2_speechlm.model.loss import alignment_pairs, category_table
 from espnet2_speechlm.model.speechlm import MultiStreamLM
 from espnet2_speechlm.tasks import build_sequence
 from espnet2_speechlm.vocab import JointVocab

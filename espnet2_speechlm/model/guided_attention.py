@@ -6,7 +6,8 @@ n-th of N outputs should look near the fraction n/N of its input.  Here the
 same prior is put on a few chosen heads of the decoder: wherever a target
 run follows the conditioning run of the other modality (ASR: speech prompt
 then text targets; TTS: text prompt then speech targets), those heads' queries
-over the target are asked to attend near the diagonal of the conditioning run.
+over the target are asked to attend near the diagonal of the conditioning run
+(the pairs are :func:`~.loss.alignment_pairs`, which also place the auxiliary CTC loss).
 
 For a query that predicts target j of N and a key at position t of the T
 conditioning steps the penalty weight is
@@ -27,55 +28,8 @@ OLMo-2) and the attention kernel (SDPA, flash) is left untouched.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
-
-from .loss import CATEGORY_NAMES
-
-_SEMANTIC = CATEGORY_NAMES.index("semantic")
-_TEXT = CATEGORY_NAMES.index("text")
-
-
-def alignment_pairs(ids0: torch.Tensor, loss_mask0: torch.Tensor, categories: torch.Tensor, length: int | None = None):
-    """The (conditioning, target) runs of one sequence's stream 0.
-
-    ``ids0 [S]`` global ids and ``loss_mask0 [S]`` of stream 0 (not shifted).
-    Returns ``[((c0, c1), (y0, y1)), ...]``: positions ``[y0, y1)`` are a run of
-    speech or text tokens in the loss, ``[c0, c1)`` the nearest earlier run of
-    the *other* modality outside the loss.  Going back from a target, pad and
-    special tokens and runs of the target's own modality outside the loss (a
-    TTS speaker prompt) are passed over; a token in the loss (the previous
-    example's target) ends the search with no pair.  So an ASR or TTS example
-    gives one pair, a spliced long-form one per utterance, text and speech
-    continuation none.  Only the first ``length`` positions are looked at.
-    """
-    S = ids0.shape[0] if length is None else min(length, ids0.shape[0])
-    cat = categories[ids0[:S]].cpu().numpy()
-    inloss = loss_mask0[:S].cpu().numpy().astype(bool)
-    kind = np.where(cat == _SEMANTIC, 1, np.where(cat == _TEXT, 2, 0))  # 0: pad / special
-    runs = []  # (start, end, kind, in loss)
-    p = 0
-    while p < S:
-        q = p + 1
-        while q < S and kind[q] == kind[p] and inloss[q] == inloss[p]:
-            q += 1
-        if kind[p]:
-            runs.append((p, q, int(kind[p]), bool(inloss[p])))
-        elif inloss[p:q].any():
-            runs.append((p, q, 0, True))  # a target's closing <sos/eos>: ends any search past it
-        p = q
-    out = []
-    for i, (y0, y1, k, tgt) in enumerate(runs):
-        if not (k and tgt):
-            continue
-        for c0, c1, kc, ctgt in reversed(runs[:i]):
-            if ctgt:
-                break
-            if kc != k:
-                out.append(((c0, c1), (y0, y1)))
-                break
-    return out
 
 
 def diagonal_weights(num_queries: int, num_keys: int, sigma: float, device=None) -> torch.Tensor:

@@ -116,40 +116,68 @@ def multistream_loss(
     return loss_sum, num_frames, stats
 
 
-# ------------------------------------------------------------ auxiliary CTC
-def ctc_segments(ids0: torch.Tensor, loss_mask0: torch.Tensor, categories: torch.Tensor, length: int | None = None):
-    """Where the auxiliary CTC loss applies, in one sequence's stream 0.
+# ------------------------------------------ where the auxiliary losses apply
+_SEMANTIC = CATEGORY_NAMES.index("semantic")
+_TEXT = CATEGORY_NAMES.index("text")
+
+
+def alignment_pairs(ids0: torch.Tensor, loss_mask0: torch.Tensor, categories: torch.Tensor, length: int | None = None):
+    """The (conditioning, target) runs of one sequence's stream 0.
 
     ``ids0 [S]`` global ids and ``loss_mask0 [S]`` of stream 0 (not shifted).
-    Returns a list of ``(frames, texts)`` position arrays: a run of semantic
-    frames outside the loss (speech in the prompt) paired with the run of text
-    targets (text ids in the loss) that follows it after nothing but
-    ``<pad>`` and special tokens.  An ASR sequence gives one pair; a spliced
-    long-form ASR sequence one per utterance; TTS (its speaker prompt is
-    followed by target speech), speech and text continuation none, also when
-    packed into one row with other examples.  Only the first ``length``
-    positions are looked at (the positions that have a hidden state)."""
-    S = ids0.shape[0] if length is None else length
+    Returns ``[((c0, c1), (y0, y1)), ...]``: positions ``[y0, y1)`` are a run of
+    speech or text tokens in the loss, ``[c0, c1)`` the nearest earlier run of
+    the *other* modality outside the loss.  Going back from a target, pad and
+    special tokens and runs of the target's own modality outside the loss (a
+    TTS speaker prompt) are passed over; a token in the loss (the previous
+    example's target) ends the search with no pair.  So an ASR or TTS example
+    gives one pair, a spliced long-form one per utterance, text and speech
+    continuation none.  Only the first ``length`` positions are looked at.
+    """
+    S = ids0.shape[0] if length is None else min(length, ids0.shape[0])
     cat = categories[ids0[:S]].cpu().numpy()
-    m = loss_mask0[:S].cpu().numpy().astype(bool)
-    speech = (cat == CATEGORY_NAMES.index("semantic")) & ~m
-    text = (cat == CATEGORY_NAMES.index("text")) & m
-    gap = (cat == CATEGORY_NAMES.index("pad")) | (cat == CATEGORY_NAMES.index("special"))
+    inloss = loss_mask0[:S].cpu().numpy().astype(bool)
+    kind = np.where(cat == _SEMANTIC, 1, np.where(cat == _TEXT, 2, 0))  # 0: pad / special
+    runs = []  # (start, end, kind, in loss)
+    p = 0
+    while p < S:
+        q = p + 1
+        while q < S and kind[q] == kind[p] and inloss[q] == inloss[p]:
+            q += 1
+        if kind[p]:
+            runs.append((p, q, int(kind[p]), bool(inloss[p])))
+        elif inloss[p:q].any():
+            runs.append((p, q, 0, True))  # a target's closing <sos/eos>: ends any search past it
+        p = q
     out = []
-    starts = np.flatnonzero(speech & ~np.r_[False, speech[:-1]])
-    ends = np.flatnonzero(speech & ~np.r_[speech[1:], False]) + 1
-    for a, b in zip(starts, ends):
-        j = b
-        while j < S and gap[j]:
-            j += 1
-        k = j
-        while k < S and text[k]:
-            k += 1
-        if k > j:
-            out.append((np.arange(a, b), np.arange(j, k)))
+    for i, (y0, y1, k, tgt) in enumerate(runs):
+        if not (k and tgt):
+            continue
+        for c0, c1, kc, ctgt in reversed(runs[:i]):
+            if ctgt:
+                break
+            if kc != k:
+                out.append(((c0, c1), (y0, y1)))
+                break
     return out
 
 
+def ctc_segments(ids0: torch.Tensor, loss_mask0: torch.Tensor, categories: torch.Tensor, length: int | None = None):
+    """Where the auxiliary CTC loss applies, in one sequence's stream 0: the
+    pairs of :func:`alignment_pairs` whose conditioning is speech (so whose
+    target is text), as ``(frames, texts)`` position arrays.  An ASR sequence
+    gives one pair; a spliced long-form ASR sequence one per utterance; TTS,
+    speech and text continuation none, also when packed into one row with
+    other examples.  Only the first ``length`` positions are looked at (the
+    positions that have a hidden state)."""
+    return [
+        (np.arange(c0, c1), np.arange(y0, y1))
+        for (c0, c1), (y0, y1) in alignment_pairs(ids0, loss_mask0, categories, length)
+        if int(categories[ids0[c0]]) == _SEMANTIC
+    ]
+
+
+# ------------------------------------------------------------ auxiliary CTC
 def ctc_loss_sum(log_probs: torch.Tensor, input_lengths, targets: list[torch.Tensor]):
     """Summed CTC negative log-likelihood (blank = class 0) of ``targets``
     (local ids >= 1), ``log_probs [T, P, C]``.  Impossible alignments (more

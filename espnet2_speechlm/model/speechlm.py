@@ -27,9 +27,9 @@ from .. import config as cfgmod
 from ..interleave import delay
 from ..vocab import PAD, JointVocab, VocabError
 from .config import ModelConfig
-from .guided_attention import AttentionCapture, alignment_pairs, guided_attention_sum
+from .guided_attention import AttentionCapture, guided_attention_sum
 from .heads import HEADS, MultiStreamEmbedding
-from .loss import category_table, ctc_loss_sum, ctc_segments, multistream_loss, weight_per_category
+from .loss import alignment_pairs, category_table, ctc_loss_sum, ctc_segments, multistream_loss, weight_per_category
 
 
 class ContextLengthError(ValueError):
@@ -212,15 +212,21 @@ class MultiStreamLM(nn.Module):
         stats["num_frames"] = num_frames.detach()
         return loss, stats
 
+    def _host_rows(self, ids0, mask0, attention_mask):
+        """Stream 0's ids and loss mask, the category table and each row's
+        length on the host, where the auxiliary losses find their pairs: one
+        copy of the batch, not one per row."""
+        B, S = ids0.shape
+        lens = attention_mask[:, :-1].sum(1).tolist() if attention_mask is not None else [S] * B
+        return ids0.cpu(), mask0.cpu(), self.categories.cpu(), [int(n) for n in lens]
+
     def _guided_pairs(self, ids0, mask0, attention_mask):
         """Per row, the (conditioning, target) runs of :func:`alignment_pairs`
         (only when some row has one and the model is training)."""
         if not self.training:
             return None
-        B, S = ids0.shape
-        lens = attention_mask[:, :-1].sum(1).tolist() if attention_mask is not None else [S] * B
-        ids_h, mask_h, cats_h = ids0.cpu(), mask0.cpu(), self.categories.cpu()
-        pairs = [alignment_pairs(ids_h[b], mask_h[b], cats_h, int(lens[b])) for b in range(B)]
+        ids_h, mask_h, cats_h, lens = self._host_rows(ids0, mask0, attention_mask)
+        pairs = [alignment_pairs(ids_h[b], mask_h[b], cats_h, lens[b]) for b in range(len(lens))]
         return pairs if any(pairs) else None
 
     def _ctc_inputs(self, h, ids0, mask0, attention_mask):
@@ -228,14 +234,11 @@ class MultiStreamLM(nn.Module):
         frames ``[T, P, D]`` (one column per (speech, text) pair of
         :func:`ctc_segments`, zero-padded; ``[0, 0, D]`` when the batch has
         none), their lengths, and the text targets (local ids, blank = 0)."""
-        B, S = ids0.shape
-        lens = attention_mask[:, :-1].sum(1).tolist() if attention_mask is not None else [S] * B
-        # the pairs are found on the host: one copy of the batch's stream 0, not one per row
-        ids_h, mask_h, cats_h = ids0.cpu(), mask0.cpu(), self.categories.cpu()
+        ids_h, mask_h, cats_h, lens = self._host_rows(ids0, mask0, attention_mask)
         text_start = self.vocab.block("text").start
         rows, frames, targets = [], [], []
-        for b in range(B):
-            for f, t in ctc_segments(ids_h[b], mask_h[b], cats_h, int(lens[b])):
+        for b in range(len(lens)):
+            for f, t in ctc_segments(ids_h[b], mask_h[b], cats_h, lens[b]):
                 rows.append(np.full(len(f), b))
                 frames.append(f)
                 # a text target's id is the input at its own position
