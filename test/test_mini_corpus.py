@@ -72,7 +72,10 @@ def test_too_many_speakers_is_refused_with_the_limit():
         make_corpus.draw_speakers(n + 1, random.Random(0))
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+@needs_espeak
 def test_every_speaker_variant_and_accent_is_a_real_espeak_voice():
     # espeak-ng falls back to the plain voice without a word when a variant is unknown,
     # so a misspelt name would silently shrink the speaker pool: each must change the audio
@@ -85,6 +88,7 @@ def test_every_speaker_variant_and_accent_is_a_real_espeak_voice():
     assert not np.array_equal(make_corpus.render(text, "en-us", 160, pitch=30), plain)
 
 
+@needs_espeak
 def test_the_wav_cache_never_serves_another_text_under_the_same_id(tmp_path):
     """Utterance ids number sentences in a list that depends on the options, so
     a rerun with other options may give an id another text: it gets new audio."""
