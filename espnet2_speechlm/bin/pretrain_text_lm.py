@@ -20,13 +20,17 @@ context), or with ``pack_len > 0`` the lines, shuffled, are concatenated and
 cut into rows of ``pack_len`` tokens.  Packing matters when the model is to
 start a speech LM: there a transcript follows hundreds of speech frames, and
 a model that only ever saw one short line per row has never attended over
-such distances.  ``repeat_fraction`` of the training lines (never the
-validation lines) are given as the line twice in one row: the second copy can
-only be predicted by looking back, so the model learns to copy.  A speech LM
-started from a model that copies learns sooner to read the speech before a
-transcript (README, the small recipe's numbers, eighth session); it needs a
-few hundred steps to take hold.  ``out_dir`` gets config.json + model.safetensors (written under a
-temporary name, then renamed), the tokenizer file, and ``train_log.tsv``.
+such distances.
+
+``repeat_fraction`` of the training lines (never the validation lines) are
+given as the line twice in one row: the second copy is best predicted by
+looking back, so the model learns to copy.  A speech LM started from a model
+that copies reaches a lower ASR loss sooner, reading the first word of the
+speech better (README, the small recipe's numbers, eighth session); copying
+takes a few hundred steps to take hold.
+
+``out_dir`` gets config.json + model.safetensors (written under a temporary
+name, then renamed), the tokenizer file, and ``train_log.tsv``.
 """
 
 from __future__ import annotations
