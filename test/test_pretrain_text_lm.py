@@ -48,20 +48,21 @@ def test_repeat_rows_refuses_a_share_outside_0_1():
 
 
 def _tiny_corpus(tmp_path, **cfg_extra):
+    """A 300-line corpus, its BPE and a tiny model's config -> (CLI arguments but --out_dir, tokenizer)."""
     rng = np.random.default_rng(0)
     lines = [" ".join(rng.choice(WORDS, int(rng.integers(3, 9)))) + " ." for _ in range(300)]
     (tmp_path / "text").write_text("".join(f"s{i:04d} {t}\n" for i, t in enumerate(lines)))
-    train_bpe(lines, tmp_path / "bpe", vocab_size=40)
+    tok = train_bpe(lines, tmp_path / "bpe", vocab_size=40)
     cfg = tmp_path / "lm.yaml"
     cfg.write_text(json.dumps({
         "hf_config": {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                       "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 256},
         "steps": 4, "batch_tokens": 256, "warmup_steps": 2, "valid_lines": 20, "log_every": 2, **cfg_extra}))
-    return ["--config", str(cfg), "--text", str(tmp_path / "text"), "--tokenizer", str(tmp_path / "bpe.model")]
+    return ["--config", str(cfg), "--text", str(tmp_path / "text"), "--tokenizer", str(tmp_path / "bpe.model")], tok
 
 
 def test_repeated_lines_train_but_never_enter_validation(tmp_path, capsys):
-    args = _tiny_corpus(tmp_path)
+    args, _ = _tiny_corpus(tmp_path)
     assert ptl.main(args + ["--out_dir", str(tmp_path / "once")]) == 0
     assert ptl.main(args + ["--out_dir", str(tmp_path / "twice"), "repeat_fraction=1.0"]) == 0
     assert "training lines given twice over" in capsys.readouterr().err
@@ -72,25 +73,16 @@ def test_repeated_lines_train_but_never_enter_validation(tmp_path, capsys):
 
 
 def test_a_bad_repeat_fraction_is_refused_naming_the_config(tmp_path):
-    args = _tiny_corpus(tmp_path, repeat_fraction=2.0)
+    args, _ = _tiny_corpus(tmp_path, repeat_fraction=2.0)
     with pytest.raises(SystemExit, match=r"lm\.yaml: repeat_fraction must be in \[0, 1\], got 2\.0"):
         ptl.main(args + ["--out_dir", str(tmp_path / "llm")])
     assert not (tmp_path / "llm").exists()
 
 
 def test_cli_trains_packed_rows_and_writes_a_hf_directory(tmp_path):
-    rng = np.random.default_rng(0)
-    lines = [" ".join(rng.choice(WORDS, int(rng.integers(3, 9)))) + " ." for _ in range(300)]
-    (tmp_path / "text").write_text("".join(f"s{i:04d} {t}\n" for i, t in enumerate(lines)))
-    tok = train_bpe(lines, tmp_path / "bpe", vocab_size=40)
-    cfg = tmp_path / "lm.yaml"
-    cfg.write_text(json.dumps({
-        "hf_config": {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                      "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128},
-        "steps": 6, "batch_tokens": 256, "pack_len": 64, "warmup_steps": 2, "valid_lines": 20, "log_every": 3}))
+    args, tok = _tiny_corpus(tmp_path, steps=6, pack_len=64, log_every=3)
     out = tmp_path / "llm"
-    assert ptl.main(["--config", str(cfg), "--text", str(tmp_path / "text"), "--tokenizer", str(tmp_path / "bpe.model"),
-                     "--out_dir", str(out)]) == 0
+    assert ptl.main(args + ["--out_dir", str(out)]) == 0
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_pretrained(out)
