@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from ..model import MultiStreamLM
 from .config import TrainConfig
+from .precision import resolve_precision
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -123,6 +124,7 @@ class TorchEngine:
 
     def __init__(self, model: MultiStreamLM, cfg: TrainConfig, device: torch.device, world: int):
         self.cfg, self.device, self.world = cfg, device, world
+        self.precision = resolve_precision(cfg.engine.precision, device)
         self.model = model.to(device)
         self.kind = cfg.engine.name
         self.micro = 0
@@ -149,7 +151,7 @@ class TorchEngine:
         self.optimizer = _adamw(self.model, cfg)
 
     def _autocast(self):
-        if self.cfg.engine.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -240,6 +242,7 @@ class DeepSpeedEngine:
         import deepspeed
 
         self.cfg, self.device, self.world = cfg, device, world
+        self.precision = resolve_precision(cfg.engine.precision, device)
         self.model = model
         A = cfg.engine.grad_accum
         ds = {
@@ -247,7 +250,7 @@ class DeepSpeedEngine:
             "gradient_accumulation_steps": A,
             "gradient_clipping": cfg.optim.clip,
             "zero_optimization": {"stage": cfg.engine.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
-            "bf16": {"enabled": cfg.engine.precision == "bf16"},
+            "bf16": {"enabled": self.precision == "bf16"},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -311,7 +314,7 @@ class DeepSpeedEngine:
     def full_state_dict(self) -> dict | None:
         import deepspeed
 
-        if self.cfg.engine.precision == "bf16":
+        if self.precision == "bf16":
             # the module holds bf16 copies: export the optimizer's fp32 master weights
             from deepspeed.utils import safe_get_full_fp32_param
 
