@@ -56,6 +56,10 @@ class ModelConfig:
     # <pad> (the blank) and the text ids: the frames learn what they say directly,
     # instead of only through the text positions' attention
     ctc_weight: float = 0.0
+    # which hidden states the CTC loss scores: 0 the body's output (after its final norm); k > 0
+    # the output of decoder layer k (1-based) through the final norm, so that the layers above it
+    # read speech frames that already say which text they hold
+    ctc_layer: int = 0
     guided_attention: GuidedAttention = field(default_factory=GuidedAttention)
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
