@@ -188,16 +188,21 @@ def run_job(args, job: int) -> int:
 
 # --------------------------------------------------------------- orchestrator
 def run_all(args) -> int:
-    from ..tokenizers.audio import read_data_dir
-    from ..tokenizers.speech import read_config, write_config
+    from ..tokenizers.audio import DataDirError, read_data_dir
+    from ..tokenizers.speech import fingerprint as tokenizer_fingerprint, read_config, write_config
     from ..tokenizers.token_io import write_lines_atomic
 
     t0 = time.time()
     data_dir, out = Path(args.data_dir), Path(args.out_dir)
-    items = read_data_dir(data_dir)
+    try:
+        items = read_data_dir(data_dir)
+        cfg = read_config(args.tokenizer_dir)
+    except (DataDirError, FileNotFoundError, ValueError) as e:
+        # the same message stage 2 gives for the same bad file, not a traceback
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     if not items:
         raise SystemExit(f"ERROR: {data_dir / 'wav.scp'} lists no utterances")
-    cfg = read_config(args.tokenizer_dir)
     cfg_text = json.dumps(cfg, sort_keys=True)
     if args.nj > len(items):
         log(f"nj={args.nj} > {len(items)} utterances; using nj={len(items)}")

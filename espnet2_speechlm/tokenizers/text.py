@@ -111,9 +111,13 @@ class SentencePieceTokenizer:
 
 def read_kaldi_text(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Transcripts (utterance id dropped) of Kaldi ``text`` files."""
+    from .audio import open_utf8
+
     out = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"text file not found: {path}")
+        with open_utf8(path, TextTokenizerError) as f:
             for lineno, line in enumerate(f, 1):
                 parts = line.rstrip("\n").split(maxsplit=1)
                 if not parts:
