@@ -275,7 +275,10 @@ def run_all(args) -> int:
         write_lines_atomic(out / "skipped_utts", skipped)
         if skipped:
             log(f"skipped {len(skipped)} bad utterance(s), listed in {out / 'skipped_utts'}")
-    out_cfg = dict(cfg, tokenizer_dir=str(Path(args.tokenizer_dir).resolve()), data_dir=str(data_dir.resolve()))
+    # the fingerprint lets decoding tell these tokens from another tokenizer's, even after
+    # the tokenizer directory is fitted again in place
+    out_cfg = dict(cfg, tokenizer_dir=str(Path(args.tokenizer_dir).resolve()), data_dir=str(data_dir.resolve()),
+                   fingerprint=tokenizer_fingerprint(cfg))
     write_config(out, out_cfg)
     write_lines_atomic(out / DONE, [fp])
     frames = sum(int(v) for v in u2n.values())

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
         model_dir = find_model_dir(a.checkpoint)
         defaults = cfgmod.load(DecodeDefaults, a.decode_config) if a.decode_config else None
         out = pack(model_dir, a.out, a.text_tokenizer, a.speech_tokenizer, defaults)
-    except (FileNotFoundError, cfgmod.ConfigError) as e:
+    except (FileNotFoundError, cfgmod.ConfigError, ValueError) as e:  # ValueError: tokenizers that do not fit
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     print(f"[pack] {model_dir} + tokenizers -> {out}", file=sys.stderr)

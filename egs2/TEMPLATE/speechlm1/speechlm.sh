@@ -236,14 +236,14 @@ if run_stage 5; then
     ${python} - "${init_model_dir}/vocab.json" "${speech_tokenizer_dir}" "${text_tok}" "${vocab}" <<'EOP' \
       || fail "stage 5: --init_model ${init_model} does not fit --speech_tokenizer ${speech_tokenizer_dir} / --text_tokenizer ${text_tok}"
 import sys
-from espnet2_speechlm.tokenizers.speech import read_config
+from espnet2_speechlm.tokenizers.speech import TokenizerMismatchError, check_fits_vocab
 from espnet2_speechlm.tokenizers.text import load_text_tokenizer
 from espnet2_speechlm.vocab import JointVocab
-v, sp = JointVocab.load(sys.argv[1]), read_config(sys.argv[2])
-got = (v.block("semantic").size, v.block("acoustic").size)
-want = (sp["semantic_vocab_size"], sp["num_codebooks"] * sp["codebook_size"])
-if got != want:
-    sys.exit(f"ERROR: {sys.argv[1]}: semantic/acoustic blocks {got} but {sys.argv[2]}/tokenizer.json has {want}")
+v = JointVocab.load(sys.argv[1])
+try:
+    check_fits_vocab(sys.argv[2], v, sys.argv[1])
+except TokenizerMismatchError as e:
+    sys.exit(f"ERROR: {e}")
 n_text = load_text_tokenizer(sys.argv[3]).vocab_size
 if n_text > v.block("text").size:
     sys.exit(f"ERROR: {sys.argv[1]}: text block of {v.block('text').size} ids, but {sys.argv[3]} has {n_text} tokens")
