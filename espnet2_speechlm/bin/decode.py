@@ -193,7 +193,7 @@ def run_job(args, job: int, ids: list[str]) -> None:
     if gen:
         (out / "wav").mkdir()
         lines = []
-        with kaldiio.WriteHelper(f"ark,scp:{out / 'tokens.ark'},{out / 'tokens.scp'}") as w:
+        with kaldiio.WriteHelper(f"ark,scp:{out.resolve() / 'tokens.ark'},{out / 'tokens.scp'}") as w:
             for u in ids:
                 w(u, flatten_frames(gen[u]))
                 wav = lm.decode_speech(gen[u])

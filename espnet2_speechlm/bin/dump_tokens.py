@@ -128,7 +128,8 @@ def run_job(args, job: int) -> int:
     log(f"job {job}/{args.nj}: {len(items)} utterances, device {device}, tokenizer loaded in {time.time() - t0:.1f} s")
 
     (out / "data").mkdir(exist_ok=True)
-    ark = out / "data" / f"tokens.{job}.ark"
+    # absolute: tokens.scp names this file, and is read from other directories than this one
+    ark = (out / "data" / f"tokens.{job}.ark").resolve()
     scp_tmp = split / f"{job}.scp.tmp"
     frames_of: dict[str, int] = {}
     bad: list[AudioError] = []
