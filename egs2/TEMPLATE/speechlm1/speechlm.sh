@@ -121,9 +121,29 @@ signature() { printf '%s\n' "$@" | md5sum | cut -d' ' -f1; }
 is_done() {  # is_done N SIGNATURE
   [ "${rerun}" = false ] && [ -f "${stage_dir}/$1.done" ] && [ "$(cat "${stage_dir}/$1.done")" = "$2" ]
 }
-mark_done() { echo "$2" > "${stage_dir}/$1.done.tmp" && mv "${stage_dir}/$1.done.tmp" "${stage_dir}/$1.done"; }
+mark_done() {  # mark_done N SIGNATURE [OPTIONS]: OPTIONS, in words, for the messages of a later run
+  echo "$2" > "${stage_dir}/$1.done.tmp" && mv "${stage_dir}/$1.done.tmp" "${stage_dir}/$1.done"
+  if [ $# -ge 3 ]; then echo "$3" > "${stage_dir}/$1.options"; fi
+}
 run_stage() {  # run_stage N NAME: whether stage N is selected
   [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]
+}
+# the complete training checkpoints (or packed model) of a model directory, if any
+has_model() { compgen -G "$1/checkpoints/step_*/trainer_state.json" > /dev/null || [ -f "$1/model.safetensors" ]; }
+# Fitting a tokenizer again where one was fitted with other options would change what
+# the ids of an already trained model mean, with no error anywhere: refused, as
+# stage 7 refuses to continue a run with other settings.
+guard_refit() {  # guard_refit MARKER FITTED_FILE "OPTIONS NOW" [HINT]
+  [ "${rerun}" = false ] && [ -f "${stage_dir}/$1.done" ] && [ -f "$2" ] || return 0
+  local m trained=""
+  for m in "${expdir}/speechlm" "${expdir}/speechlm_anneal" "${expdir}/packed"; do
+    has_model "${m}" && trained+=" ${m}"
+  done
+  [ -n "${trained}" ] || return 0
+  fail "$2 was fitted with other options ($(cat "${stage_dir}/$1.options" 2>/dev/null || echo 'not recorded')) than now ($3),
+  and models trained on its ids exist:${trained}. Fitting it again would silently change what those ids mean.
+  To keep it: rerun with the options it was fitted with${4:+ ($4)}. To start over with new tokenizers: use
+  another --expdir (or mv ${expdir} ${expdir}.old)."
 }
 begin() { log "Stage $1: $2"; stage_t0=${SECONDS}; }
 end() { log "Stage $1 finished in $((SECONDS - stage_t0)) s"; }
@@ -186,10 +206,11 @@ if run_stage 3 && [ "${skip_tokenizers}" = false ]; then
   if [ -z "${speech_tokenizer}" ]; then
     sig=$(signature "${fit_speech_tokenizer_args}" "$(md5sum < ${dumpdir}/raw/${train_set}/wav.scp)")
     if is_done 3.speech "${sig}"; then log "  speech tokenizer: already fitted"; else
+      guard_refit 3.speech "${speech_tokenizer_dir}/tokenizer.json" "--fit_speech_tokenizer_args '${fit_speech_tokenizer_args}'"
       # shellcheck disable=SC2086
       ${python} -m espnet2_speechlm.bin.fit_speech_tokenizer --data_dir "${dumpdir}/raw/${train_set}" \
         --out_dir "${speech_tokenizer_dir}" ${fit_speech_tokenizer_args}
-      mark_done 3.speech "${sig}"
+      mark_done 3.speech "${sig}" "--fit_speech_tokenizer_args '${fit_speech_tokenizer_args}'"
     fi
   else
     [ -f "${speech_tokenizer}/tokenizer.json" ] || fail "${speech_tokenizer}/tokenizer.json not found"
