@@ -345,10 +345,12 @@ model_init_overrides() {
 
 # A training directory resumes when the same command runs again; one begun
 # with other settings is refused (its checkpoints kept) instead of being
-# "resumed" into a run that matches neither.
+# "resumed" into a run that matches neither.  A run that failed before its
+# first checkpoint (a missing base LLM, a bad config) left nothing to keep:
+# the next run, with whatever settings, takes the directory over.
 claim_exp_dir() {  # claim_exp_dir DIR SIGNATURE
   local d=$1
-  if [ -d "${d}/checkpoints" ] && [ -f "${d}/.recipe_signature" ] && [ "$(cat "${d}/.recipe_signature")" != "$2" ]; then
+  if has_model "${d}" && [ -f "${d}/.recipe_signature" ] && [ "$(cat "${d}/.recipe_signature")" != "$2" ]; then
     fail "${d} holds a training run begun with other settings (config, data mix, initialisation or extra args changed).
   Its checkpoints are kept. To train again: mv ${d} ${d}.old (or choose another --expdir) and rerun;
   to continue it with the new settings: rm ${d}/.recipe_signature"
