@@ -358,10 +358,34 @@ claim_exp_dir() {  # claim_exp_dir DIR SIGNATURE
   mkdir -p "${d}" && echo "$2" > "${d}/.recipe_signature"
 }
 file_identity() { stat -c '%n %s %Y' "$@" 2>/dev/null || true; }
+# A config that starts from a text LLM (model.init: llm) with none to start from
+# fails here, before the training directory is touched, saying what to pass.
+check_llm_init() {  # check_llm_init CONFIG OVERRIDES...
+  ${python} - "$@" <<'EOP'
+import sys
+from pathlib import Path
+from espnet2_speechlm import config as cfgmod
+try:
+    model = cfgmod.apply_overrides(cfgmod.load_yaml(sys.argv[1]), sys.argv[2:]).get("model") or {}
+except (cfgmod.ConfigError, OSError, ValueError) as e:
+    sys.exit(f"ERROR: {e}")
+llm = model.get("llm_dir") or ""
+if model.get("init", "random") == "llm" and not (Path(llm) / "config.json").is_file():
+    sys.exit(f"ERROR: {sys.argv[1]} starts the speech LM from a text LLM (model.init: llm), but "
+             f"{'no model.llm_dir is set' if not llm else f'model.llm_dir {llm} holds no config.json'}. Either\n"
+             "  pass --base_llm DIR, a local Hugging Face LLM (e.g. SmolLM2-135M; its tokenizer becomes the text block),\n"
+             "  or --text_llm_config CONF --lm_text TEXT to pretrain a small one in stage 3 "
+             "(egs2/mini_espeak/speechlm1/conf/text_llm.yaml),\n"
+             "  or train from random weights: model.init: random and a model.hf_config in the config.\n"
+             "  egs2/mini_espeak/speechlm1 is the small set-up that runs on a CPU (its conf/train.yaml).")
+EOP
+}
 
 if run_stage 7 && [ "${skip_train}" = false ]; then
   begin 7 "training ${train_config} -> ${expdir}/speechlm"
   set_data_overrides "${tasks}"
+  # shellcheck disable=SC2046,SC2086
+  check_llm_init "${train_config}" $(model_init_overrides) ${train_args} || exit 1
   # shellcheck disable=SC2046
   claim_exp_dir "${expdir}/speechlm" "$(signature "$(cat "${train_config}")" $(model_init_overrides) "${data_ovr[@]}" "${train_args}")"
   # shellcheck disable=SC2046,SC2086
