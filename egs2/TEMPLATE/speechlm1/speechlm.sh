@@ -68,6 +68,7 @@ tts_speaker_prompt=none # none | same_speaker
 asr_model_dir=""        # Whisper (faster-whisper) dir for TTS WER; empty: Whisper base from the PyPI wheels
 score_models="final"    # which models to decode: final (annealed when there is one) | pretrain | both
 score_init_model=false  # true: also decode and score --init_model (model "init": the figures before fine-tuning)
+results=RESULTS.md      # the results table of stage 10 (its rows also in a .json of the same name)
 
 help_message=$(cat <<EOM
 Usage: $0 [options]
@@ -82,7 +83,7 @@ Stages:
   7  training              warmup-decay pretraining -> \$expdir/speechlm
   8  annealing             from stage 7's checkpoint, lr -> 0 -> \$expdir/speechlm_anneal
   9  decoding              \$decode_tasks on \$test_sets -> \$expdir/<model>/decode_<task>_<set>
- 10  scoring               WER / TTS WER / perplexity -> RESULTS.md
+ 10  scoring               WER / TTS WER / perplexity -> \$results (RESULTS.md)
  11  packing               self-contained model dir -> \$expdir/packed
 
 Options (defaults in brackets):
@@ -105,6 +106,7 @@ Options (defaults in brackets):
   --decode_tasks ($decode_tasks) --decode_config_dir ($decode_config_dir) --decode_args ($decode_args)
   --tts_speaker_prompt ($tts_speaker_prompt) --asr_model_dir ($asr_model_dir) --score_models ($score_models)
   --score_init_model ($score_init_model: also decode/score --init_model as model "init", before fine-tuning)
+  --results ($results: the results table stage 10 writes, RESULTS.json beside it)
 EOM
 )
 
@@ -444,7 +446,7 @@ if run_stage 9 && [ "${skip_eval}" = false ]; then
 fi
 
 if run_stage 10 && [ "${skip_eval}" = false ]; then
-  begin 10 "scoring -> RESULTS.md"
+  begin 10 "scoring -> ${results}"
   asr_model_args=()
   [ -n "${asr_model_dir}" ] && asr_model_args=(--asr_model_dir "${asr_model_dir}")
   result_dirs=""
@@ -483,8 +485,8 @@ if run_stage 10 && [ "${skip_eval}" = false ]; then
     done
   done
   # shellcheck disable=SC2086
-  ${python} -m espnet2_speechlm.bin.collect_results ${result_dirs} --out RESULTS.md
-  log "results:\n$(cat RESULTS.md)"
+  ${python} -m espnet2_speechlm.bin.collect_results ${result_dirs} --out "${results}"
+  log "results:\n$(cat "${results}")"
   end 10
 fi
 
@@ -494,7 +496,7 @@ if run_stage 11 && [ "${skip_packing}" = false ]; then
   last=${models##* }
   ${python} -m espnet2_speechlm.bin.pack --checkpoint "$(model_src "${last}")" --out "${expdir}/packed" \
     --text_tokenizer "${text_tok}" --speech_tokenizer "${speech_tokenizer_dir}"
-  [ -f RESULTS.md ] && cp RESULTS.md "${expdir}/packed/RESULTS.md"
+  if [ -f "${results}" ]; then cp "${results}" "${expdir}/packed/RESULTS.md"; fi
   end 11
 fi
 
