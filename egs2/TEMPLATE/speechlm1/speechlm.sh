@@ -41,6 +41,7 @@ speech_tokenizer=""     # a fitted / released speech tokenizer dir; empty: fit o
 fit_speech_tokenizer_args="--semantic mfcc --semantic_k 500 --acoustic mel_rvq"
 text_tokenizer=""       # HF tokenizer dir or sentencepiece .model; empty: fit a BPE (stage 3)
 bpe_vocab_size=500
+bpe_byte_fallback=true  # characters the BPE never saw (dev/test text, inference) become byte pieces, not <unk>
 base_llm=""             # HF text LLM dir that initialises the speech LM
 text_llm_config=""      # with no base_llm: pretrain a text LLM with this config on lm_text (stage 3)
 init_model=""           # fine-tuning: a trained speech LM (packed / exported model dir, or a checkpoints dir) that
@@ -96,6 +97,7 @@ Options (defaults in brackets):
   --min_seconds ($min_seconds) --max_seconds ($max_seconds) --local_data_opts ($local_data_opts)
   --speech_tokenizer ($speech_tokenizer) --fit_speech_tokenizer_args ($fit_speech_tokenizer_args)
   --text_tokenizer ($text_tokenizer) --bpe_vocab_size ($bpe_vocab_size)
+  --bpe_byte_fallback ($bpe_byte_fallback: unseen characters become byte pieces; 256 of the BPE's ids)
   --base_llm ($base_llm) --text_llm_config ($text_llm_config)
   --init_model ($init_model: fine-tune this trained speech LM; stage 5 takes its vocab.json, stage 7 starts
       from its weights (model.init=pretrained); pass its --speech_tokenizer and --text_tokenizer too)
@@ -220,12 +222,17 @@ if run_stage 3 && [ "${skip_tokenizers}" = false ]; then
   if [ -z "${text_tokenizer}" ] && [ -z "${base_llm}" ]; then
     texts="--text ${dumpdir}/raw/${train_set}/text"
     [ -n "${lm_text}" ] && texts="${texts} --text ${lm_text}"
-    sig=$(signature "${bpe_vocab_size}" "${texts}")
+    bpe_opts=""
+    [ "${bpe_byte_fallback}" = true ] && bpe_opts="--byte_fallback"
+    # shellcheck disable=SC2086
+    sig=$(signature "${bpe_vocab_size}" "${texts}" ${bpe_opts})
     if is_done 3.bpe "${sig}"; then log "  BPE: already trained"; else
+      guard_refit 3.bpe "${expdir}/text_tokenizer/bpe.model" "--bpe_vocab_size ${bpe_vocab_size} --bpe_byte_fallback ${bpe_byte_fallback}" \
+        "a BPE fitted before --bpe_byte_fallback existed, or with it false: --bpe_byte_fallback false"
       # shellcheck disable=SC2086
       ${python} -m espnet2_speechlm.bin.fit_text_tokenizer ${texts} --out_prefix "${expdir}/text_tokenizer/bpe" \
-        --vocab_size "${bpe_vocab_size}"
-      mark_done 3.bpe "${sig}"
+        --vocab_size "${bpe_vocab_size}" ${bpe_opts}
+      mark_done 3.bpe "${sig}" "--bpe_vocab_size ${bpe_vocab_size} --bpe_byte_fallback ${bpe_byte_fallback}"
     fi
   fi
   if [ -z "${base_llm}" ] && [ -n "${text_llm_config}" ]; then

@@ -46,7 +46,7 @@ fi
     --lm_text data/lm_text/text \
     --local_data_opts "${data_opts}" \
     --fit_speech_tokenizer_args "${tok_args}" \
-    --bpe_vocab_size "${bpe}" \
+    --bpe_vocab_size "${bpe}" --bpe_byte_fallback "${byte_fallback}" \
     --text_llm_config "${conf}/text_llm.yaml" \
     --tasks "asr tts textlm audiolm" \
     --task_ratios "${task_ratios}" \
