@@ -177,7 +177,7 @@ def _averaged_up_to(avg: Path, ck: Path) -> bool:
 
 def check_vocab(path: Path, vocab: JointVocab) -> None:
     v = JointVocab.load(find_model_dir(path) / "vocab.json")
-    vocab.check_matches(v, f"checkpoint {path}")
+    vocab.check_matches(v, f"checkpoint {path}", sides=("data", "checkpoint"))
 
 
 def average_checkpoints(model_dirs: list[Path], out_dir: Path) -> Path:
