@@ -71,12 +71,19 @@ class DecodeDefaults:
 
 
 def load_audio(audio) -> np.ndarray:
-    """Path or array -> 1-D float32 at 16 kHz."""
+    """Path or array -> 1-D float32 at 16 kHz.  Integer arrays are PCM samples
+    (int16 as soundfile and scipy read WAV files) and are scaled to [-1, 1)."""
     if isinstance(audio, (str, os.PathLike)):
         from ..tokenizers.audio import AudioItem, load_item
 
         return load_item(AudioItem(str(audio), str(audio)))
-    wav = np.asarray(audio, dtype=np.float32)
+    wav = np.asarray(audio)
+    if wav.dtype.kind == "i":
+        wav = wav.astype(np.float32) / float(2 ** (8 * wav.dtype.itemsize - 1))
+    elif wav.dtype.kind == "u":  # 8-bit WAV: unsigned, centred on 128
+        half = float(2 ** (8 * wav.dtype.itemsize - 1))
+        wav = (wav.astype(np.float32) - half) / half
+    wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1 or wav.size == 0:
         raise ValueError(f"audio must be a non-empty 1-D array at 16 kHz (or a file path), got shape {wav.shape}")
     return wav
