@@ -18,6 +18,10 @@ Outputs in ``out_dir``: ``text`` (asr, textlm: ``utt hypothesis``), ``wav.scp`` 
 tokens (flattened int32, as the dump stores them), ``decode.yaml`` (the config
 used) and ``.done``.  Work is split into ``nj`` jobs run by ``--cmd``; a job
 that finished is not run again.
+
+A ``--token_scp`` whose ``tokenizer.json`` (written by the dump stage) does not
+fit the model's vocabulary, or names another speech tokenizer than the one
+packed with the model, is refused before any job starts.
 """
 
 from __future__ import annotations
