@@ -155,7 +155,10 @@ def main(argv=None) -> int:
     t0 = time.time()
 
     tok = load_text_tokenizer(a.tokenizer)
-    lines = [v for _, v, _ in read_table(a.text, min_fields=1) if v.strip()]
+    try:
+        lines = [v for _, v, _ in read_table(a.text, min_fields=1) if v.strip()]
+    except ValueError as e:  # a line that is not UTF-8, a duplicate id: named with its line
+        raise SystemExit(f"ERROR: {e}") from None
     if len(lines) <= cfg.valid_lines:
         raise SystemExit(f"ERROR: {a.text}: {len(lines)} lines, need more than valid_lines={cfg.valid_lines}")
     rows = [np.asarray(tok.encode(t)[: cfg.max_len], dtype=np.int64) for t in lines]

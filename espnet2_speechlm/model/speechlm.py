@@ -315,7 +315,7 @@ class MultiStreamLM(nn.Module):
                 f"the model was trained with {cfg.vocab_fingerprint}"
             )
         if vocab is not None:
-            vocab.check_matches(saved_vocab, f"checkpoint {model_dir}")
+            vocab.check_matches(saved_vocab, f"checkpoint {model_dir}", sides=("data", "checkpoint"))
         hf_cfg = AutoConfig.from_pretrained(model_dir)
         if hf_cfg.vocab_size != saved_vocab.size:
             raise VocabError(f"{model_dir}: config.json has vocab_size {hf_cfg.vocab_size}, vocab.json {saved_vocab.size} ids")
