@@ -56,7 +56,7 @@ bench: install
 	@for f in bench/bench_*.py; do $(PY) $$f || exit 1; done
 
 # The small end-to-end recipe (offline, CPU, about 30 minutes on 2 cores).
-# Needs the Debian packages espeak-ng and fortunes (installed by the recipe when run as root).
+# Needs the Debian package espeak-ng (installed by the recipe when run as root).
 demo: install
 	cd egs2/mini_espeak/speechlm1 && ./run.sh
 

@@ -3,7 +3,7 @@
 # fortunes) spoken by espeak-ng voices (test voices and sentences held out), plus a
 # text-only corpus.
 set -euo pipefail
-text_source=fortunes  # fortunes: real sentences (Debian fortunes); grammar: a ~180-word grammar (local/grammar.py)
+text_source=grammar   # grammar: a 177-word grammar (local/grammar.py); fortunes: real sentences (Debian fortunes)
 vocab_words=500       # fortunes: sentences made of the N most frequent words
 lm_sentences=20000    # grammar: sentences of the text-only corpus
 num_test=60

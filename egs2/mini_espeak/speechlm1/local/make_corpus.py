@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Build the mini_espeak corpus: real English sentences rendered by espeak-ng.
+"""Build the mini_espeak corpus: English sentences rendered by espeak-ng.
 
-Text: the sentences of the Debian ``fortunes`` collection.  Speech data uses
+Text (``--text_source``): ``grammar`` (the recipe's default) draws distinct
+sentences from the 177-word grammar of ``local/grammar.py``, dev and test
+sentences held out of training and of the text-only corpus.  ``fortunes``
+takes the sentences of the Debian ``fortunes`` collection: speech data uses
 only sentences of 4-12 words whose words are all among the ``--vocab_words``
 most frequent ones (a tiny model can learn that vocabulary in minutes); the
 text-only corpus (``data/lm_text``) is every clean sentence except the
