@@ -15,7 +15,7 @@ loss_positions_step_speedup     train step (bf16 autocast, AdamW) of the small r
 kv_cache_speedup_500            wall time to generate 500 frames without / with the KV cache
 collate_frames_per_s            frames/s through splicing + delay interleave + padding
 collate_to_step_ratio           collate_frames_per_s / frames/s of a training step of the
-                                small recipe's model shape (6 layers, width 256) on this machine
+                                small recipe's model shape (6 layers, width 256), on the same CPU
 """
 
 from __future__ import annotations

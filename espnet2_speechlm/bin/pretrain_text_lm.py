@@ -26,7 +26,7 @@ such distances.
 given as the line twice in one row: the second copy is best predicted by
 looking back, so the model learns to copy.  A speech LM started from a model
 that copies reaches a lower ASR loss sooner, reading the first word of the
-speech better (README, the small recipe's numbers, eighth session); copying
+speech better (the mini_espeak recipe's table of experiments); copying
 takes a few hundred steps to take hold.
 
 ``out_dir`` gets config.json + model.safetensors (written under a temporary

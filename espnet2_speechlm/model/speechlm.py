@@ -185,8 +185,8 @@ class MultiStreamLM(nn.Module):
             s0_local = None
         ctc = self._ctc_inputs(h, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self.cfg.ctc_weight > 0 else None
         # The head and the loss run only where some target is in the loss.  Prompts (an ASR
-        # example's speech, a TTS speaker prompt) and padding are most steps of the demo's
-        # batches, and their 9-stream logits would be multiplied by zero.
+        # example's speech, a TTS speaker prompt) and padding are most steps of an ASR/TTS
+        # batch, and their 9-stream logits would be multiplied by zero.
         h, tgt, mask = _loss_positions(h, tgt, mask)
         if ctc is not None:
             logits0, rest, ctc_logits = self.head(h, local0=s0_local is not None, ctc_hidden=ctc[0])

@@ -58,7 +58,7 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
 
         if device.type == "cpu" and os.environ.get("SPEECHLM_DS_SHM_COMM", "0") != "1":
             # DeepSpeed JIT-compiles a shared-memory all-reduce for CPU ranks on first use
-            # (about 80 s here); gloo does the same job, so skip it unless asked for
+            # (over a minute on a CPU-only host); gloo does the same job, so skip it unless asked for
             from deepspeed import ops as ds_ops
 
             ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
