@@ -52,7 +52,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from ..tasks import MODALITIES, build_sequence, get_task
+from ..tasks import MODALITIES, build_sequence, get_task, sequence_length
 from ..tokenizers.token_io import unflatten_frames
 from ..vocab import JointVocab
 
@@ -129,24 +129,6 @@ def load_text_tokenizer(spec: str) -> TextEncoder:
         return load_tok(p)
     except FileNotFoundError as e:
         raise SpliceError(f"text tokenizer {spec!r}: {e}") from None
-
-
-# ----------------------------------------------------------------- lengths
-def entry_length(modality: str, n: int, is_target: bool, num_streams: int) -> int:
-    """Frames one entry occupies in a built sequence: marker, content,
-    closing <sos/eos> for targets, N-1 pad frames (see tasks.build_sequence)."""
-    return 1 + n + (1 if is_target else 0) + num_streams - 1
-
-
-def sequence_length(task: str, parts: Sequence[dict], num_streams: int) -> int:
-    """``parts``: one dict entry name -> content length per spliced example."""
-    tmpl = get_task(task)
-    total = 2
-    for p in parts:
-        for e in tmpl.entries:
-            if e.name in p:
-                total += entry_length(e.modality, p[e.name], e in tmpl.targets, num_streams)
-    return total
 
 
 # ----------------------------------------------------------------- splicing

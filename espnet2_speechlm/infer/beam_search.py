@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..interleave import frame_of_step
 from ..tasks import parse_generated
 from ..vocab import PAD, SOS_EOS
 from .generate import GenerationConfig, GenerationResult, Stream0Masks, left_padded_prompts, length_limits, prompt_carry
@@ -121,8 +122,9 @@ def beam_search_nbest(model, prompts: Sequence[np.ndarray], cfg: GenerationConfi
         cache.reorder_cache(beam_idx)
         x = torch.full((B * K, N), PAD, dtype=torch.long, device=device)
         x[:, 0] = torch.as_tensor(new_tok.reshape(-1), device=device)
-        for n in range(s + 2, N):  # streams of step s+1 that still belong to prompt frames
-            x[:, n] = prompt_carry(prompt_t, P, s + 1, n, device).repeat_interleave(K)
+        for n in range(1, N):
+            if frame_of_step(s + 1, n) < 0:  # stream n of step s + 1 still belongs to a prompt frame
+                x[:, n] = prompt_carry(prompt_t, P, s + 1, n, device).repeat_interleave(K)
         all_attn = torch.cat([all_attn, torch.ones((B * K, 1), dtype=all_attn.dtype, device=device)], 1)
         pos = all_attn.sum(-1, keepdim=True) - 1
         h, cache = model.hidden(x[:, None], all_attn, pos, cache, use_cache=True)

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..interleave import delay, undelay
+from ..interleave import delay, delayed_length, frame_of_step, step_of_frame, undelay
 from ..tasks import parse_generated
 from ..vocab import PAD, SOS_EOS
 
@@ -135,7 +135,7 @@ def prompt_carry(prompt_t: Sequence[torch.Tensor], P: np.ndarray, step: int, n: 
     for a prompt too short to have that frame)."""
     out = torch.full((len(P),), PAD, dtype=torch.long, device=device)
     for b, pt in enumerate(prompt_t):
-        f = P[b] + step - n
+        f = frame_of_step(P[b] + step, n)  # generation step s is delayed step P + s
         if f >= 0:
             out[b] = pt[f, n]
     return out
@@ -148,7 +148,8 @@ def length_limits(model, P: np.ndarray, cfg: GenerationConfig, min_len=None, max
     ctx = model.max_steps or 10**9
     lo = np.array(min_len if min_len is not None else [cfg.min_len] * B)
     hi = np.array(max_len if max_len is not None else [cfg.max_len] * B)
-    hi = np.minimum(hi, ctx - P - model.vocab.num_streams).clip(min=0)
+    # the prompt, the target and its <sos/eos> frame, delayed, must fit the context
+    hi = np.minimum(hi, ctx - delayed_length(P + 1, model.vocab.num_streams)).clip(min=0)
     return np.minimum(lo, hi), hi
 
 
@@ -199,7 +200,7 @@ def generate(
     sem = vocab.block("semantic") if vocab.has_block("semantic") else None
 
     # generated stream-0 token of each generated frame, to gate streams >= 1
-    max_steps = int(hi.max()) + N + 1
+    max_steps = delayed_length(int(hi.max()) + 1, N)  # the longest target and its <sos/eos>
     gen_steps = torch.full((B, max_steps, N), PAD, dtype=torch.long, device=device)
     eos_at = np.full(B, -1)  # generated frame index of <sos/eos>
     forced = np.zeros(B, dtype=bool)  # <sos/eos> imposed by max_len / the context
@@ -232,10 +233,10 @@ def generate(
         eos_at[new_eos] = s
         # ---- streams >= 1
         for n in range(1, N):
-            if s < n:  # frame inside the prompt: copy it
+            g = frame_of_step(s, n)  # generated frame this stream belongs to
+            if g < 0:  # a frame of the prompt: copy it
                 x[:, n] = prompt_carry(prompt_t, P, s, n, device)
                 continue
-            g = s - n  # generated frame this stream belongs to
             is_audio = torch.zeros(B, dtype=torch.bool, device=device)
             if sem is not None:
                 f0 = gen_steps[:, g, 0]
@@ -253,7 +254,7 @@ def generate(
             x[:, n] = torch.where(is_audio, cand[idx], torch.full_like(idx, PAD))
         gen_steps[:, s] = x
         for b in range(B):
-            if eos_at[b] >= 0 and s >= eos_at[b] + N - 1:
+            if eos_at[b] >= 0 and s >= step_of_frame(eos_at[b], N - 1):  # the <sos/eos> frame is complete
                 done[b] = True
         if done.all():
             break
@@ -271,10 +272,9 @@ def generate(
 
     results = []
     for b in range(B):
-        n_steps = (eos_at[b] + N) if eos_at[b] >= 0 else s + 1
-        delayed_prompt = delay(prompt_t[b], PAD)[: P[b]]
-        full = torch.cat([delayed_prompt, gen_steps[b, :n_steps]], 0)
-        frames = undelay(full)[P[b] :].cpu().numpy()
+        # every prompt ends with <sos/eos> (imposed at max_len); generated frames
+        # [0, eos] are complete in steps [0, eos + N - 1], none of them reads the prompt
+        frames = undelay(gen_steps[b, : delayed_length(eos_at[b] + 1, N)]).cpu().numpy()
         tokens, finished = parse_generated(vocab, frames, mods[b])
         stop = len(tokens)
         results.append(GenerationResult(tokens=tokens, frames=frames[:stop], finished=finished and not forced[b]))
