@@ -135,8 +135,8 @@ def main():
         for s in range(a.steps + 2):
             b = next(it)
             t0 = time.time()
-            loss, st = eng.forward(b)
-            eng.backward(loss, st, b["loss_frames"])
+            loss_sum, _, _ = eng.forward(b)
+            eng.backward(loss_sum, b["loss_frames"])
             eng.step()
             if s >= 2:  # the first steps allocate
                 times.append(time.time() - t0)

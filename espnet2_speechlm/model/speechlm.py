@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .. import config as cfgmod
-from ..interleave import delay
+from ..interleave import delay, loss_frames
 from ..vocab import PAD, JointVocab, VocabError
 from .config import ModelConfig
 from .guided_attention import AttentionCapture, guided_attention_sum
@@ -162,9 +162,12 @@ class MultiStreamLM(nn.Module):
         steps         [B, S, N] delayed global ids (``interleave.delay`` of the frames)
         loss_mask     [B, S, N] bool, delayed the same way: target tokens in the loss
         attention_mask [B, S] 1 for real steps (right padding), optional
-        Returns ``(loss, stats)`` where loss = weighted CE sum / real frames;
-        ``stats`` holds ``loss_sum`` and ``num_frames`` tensors for global
-        normalisation plus per-modality losses and per-stream accuracies.
+        Returns ``(loss_sum, num_frames, stats)``: the weighted CE sum (plus
+        the auxiliary losses), the real frames it covers
+        (:func:`~espnet2_speechlm.interleave.loss_frames`), and per-modality
+        losses and per-stream accuracies.  The caller divides, once: a trainer
+        by the frames of its whole global batch, so that every frame weighs the
+        same whatever micro-batch or rank it is in.
         """
         inp, tgt = steps[:, :-1], steps[:, 1:]
         mask = loss_mask[:, 1:]
@@ -192,7 +195,8 @@ class MultiStreamLM(nn.Module):
             logits0, rest, ctc_logits = self.head(h, local0=s0_local is not None, ctc_hidden=ctc[0])
         else:
             logits0, rest = self.head(h, local0=s0_local is not None)
-        loss_sum, num_frames, stats = multistream_loss(
+        num_frames = loss_frames(steps, loss_mask, attention_mask, PAD)
+        loss_sum, stats = multistream_loss(
             logits0, rest, tgt, mask, self.categories, self.cat_weights, getattr(self.head, "acoustic_index", None),
             stream0_local=s0_local,
         )
@@ -207,10 +211,7 @@ class MultiStreamLM(nn.Module):
             self._guided.clear()
             loss_sum = loss_sum + ga.weight * ga_sum
             stats["loss_guided"] = (ga_sum.detach() / (ga_count * len(ga.heads) * len(self._guided.layer_ids))).item()
-        loss = loss_sum / num_frames.clamp_min(1)
-        stats["loss_sum"] = loss_sum.detach()
-        stats["num_frames"] = num_frames.detach()
-        return loss, stats
+        return loss_sum, num_frames, stats
 
     def _host_rows(self, ids0, mask0, attention_mask):
         """Stream 0's ids and loss mask, the category table and each row's

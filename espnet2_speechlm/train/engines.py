@@ -2,8 +2,8 @@
 
 Every engine has the same small interface, used by the training loop:
 
-    loss, stats = engine.forward(batch)          # model forward (autocast for bf16)
-    engine.backward(stats, global_frames)        # gradient of sum(loss_sum) / global_frames
+    loss_sum, frames, stats = engine.forward(batch)   # model forward (autocast for bf16)
+    engine.backward(loss_sum, global_frames)     # gradient of sum(loss_sum) / global_frames
     engine.set_lr(lr)                            # before the step's first micro-batch (x each group's lr_scale)
     grad_norm = engine.step()                    # clip, optimizer step, zero grads
     engine.zero_grad()                           # drop accumulated grads (skipped step)
@@ -15,9 +15,10 @@ over every rank and micro-batch divided by the real-frame count of the whole
 global batch (``global_frames``, all-reduced before the first backward).
 DDP, FSDP2 and DeepSpeed average gradients over ranks (and DeepSpeed also
 divides by its accumulation steps), so each micro-batch back-propagates
-``loss_sum * scale / global_frames`` with the scale that undoes that
-averaging.  A gradient that is not reduced across ranks therefore gives a
-different update from one rank on the same global batch (tested).
+:func:`rescale_loss` of its loss sum, with the factor that undoes that
+averaging.  This is the one place the training loss is divided.  A gradient
+that is not reduced across ranks therefore gives a different update from
+one rank on the same global batch (tested).
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ def all_reduce_sum(x: float | int, device) -> float:
 def barrier():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def rescale_loss(loss_sum: torch.Tensor, global_frames: float, averaged_over: int) -> torch.Tensor:
+    """What one micro-batch back-propagates so that the gradient is that of
+    (sum of every micro-batch's ``loss_sum``) / ``global_frames``, once the
+    engine has averaged gradients over ``averaged_over`` contributions (ranks,
+    times accumulation steps for DeepSpeed)."""
+    return loss_sum * (averaged_over / max(global_frames, 1.0))
 
 
 def decay_groups(params, weight_decay: float, **extra) -> list[dict]:
@@ -167,9 +176,8 @@ class TorchEngine:
         with self._autocast():
             return self.wrapped(**kw)
 
-    def backward(self, loss, stats, global_frames: float):
-        loss_sum = loss * stats["num_frames"].clamp_min(1)
-        (loss_sum * (self.world / max(global_frames, 1.0))).backward()
+    def backward(self, loss_sum, global_frames: float):
+        rescale_loss(loss_sum, global_frames, self.world).backward()
         self._ctx.__exit__(None, None, None)
 
     def abort_micro(self):
@@ -273,10 +281,9 @@ class DeepSpeedEngine:
         kw = _model_inputs(batch, self.engine.device)
         return self.engine(**kw)
 
-    def backward(self, loss, stats, global_frames: float):
-        loss_sum = loss * stats["num_frames"].clamp_min(1)
+    def backward(self, loss_sum, global_frames: float):
         # DeepSpeed divides by its accumulation steps and averages over ranks
-        self.engine.backward(loss_sum * (self.world * self.A / max(global_frames, 1.0)))
+        self.engine.backward(rescale_loss(loss_sum, global_frames, self.world * self.A))
         self.engine.step()  # an optimizer step only at the accumulation boundary
 
     def abort_micro(self):

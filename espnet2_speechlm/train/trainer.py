@@ -235,10 +235,10 @@ def train(cfg: TrainConfig) -> dict:
             gframes = all_reduce_sum(sum(b["loss_frames"] for b in mbs), device)
             skipped = False
             for a, b in enumerate(mbs):
-                loss, stats = engine.forward(b, last_micro=(a == A - 1))
-                bad = all_reduce_sum(0.0 if torch.isfinite(loss).item() else 1.0, device)
+                loss_sum, frames, stats = engine.forward(b, last_micro=(a == A - 1))
+                bad = all_reduce_sum(0.0 if torch.isfinite(loss_sum).item() else 1.0, device)
                 if bad:
-                    msg = f"non-finite loss at step {step} (micro-batch {a}) on {int(bad)} rank(s); rank {rank} batch ids {b['ids'][:8]} loss {loss.item()}"
+                    msg = f"non-finite loss at step {step} (micro-batch {a}) on {int(bad)} rank(s); rank {rank} batch ids {b['ids'][:8]} loss sum {loss_sum.item()}"
                     log.error(msg)
                     engine.abort_micro()
                     if cfg.nan_policy == "stop":
@@ -246,8 +246,8 @@ def train(cfg: TrainConfig) -> dict:
                     engine.zero_grad()
                     skipped = True
                     break
-                engine.backward(loss, stats, gframes)
-                win.add_micro(stats, b)
+                engine.backward(loss_sum, gframes)
+                win.add_micro(loss_sum, frames, stats, b)
             if skipped:
                 counters["steps_skipped"] += 1
                 gnorm = float("nan")
@@ -313,9 +313,9 @@ class _Window:
         self.loss_sum = self.frames = self.real = self.total = 0.0
         self.gn, self.lr, self.n = [], 0.0, 0
 
-    def add_micro(self, stats, b):
-        self.loss_sum += float(stats["loss_sum"])
-        self.frames += float(stats["num_frames"])
+    def add_micro(self, loss_sum, frames, stats, b):
+        self.loss_sum += float(loss_sum)
+        self.frames += float(frames)
         for i, k in enumerate(self.keys):
             if k in stats:
                 self.sums[i] += stats[k]
@@ -413,15 +413,15 @@ def validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step) -> d
         ds = BatchDataset(mix, False, 1)
         for j in range(most):
             real = j < len(mbs)
-            loss, stats = engine.forward(ds[(0, 0, 0, mbs[j] if real else filler)])
+            loss_sum, frames, stats = engine.forward(ds[(0, 0, 0, mbs[j] if real else filler)])
             engine.abort_micro()
             if real:
-                tot[0] += float(stats["loss_sum"])
-                tot[1] += float(stats["num_frames"])
+                tot[0] += float(loss_sum)
+                tot[1] += float(frames)
                 for i, k in enumerate(STAT_KEYS_CAT):
                     if k in stats:
-                        tot[2 + i] += stats[k] * float(stats["num_frames"])
-                        tot[2 + len(STAT_KEYS_CAT) + i] += float(stats["num_frames"])
+                        tot[2 + i] += stats[k] * float(frames)
+                        tot[2 + len(STAT_KEYS_CAT) + i] += float(frames)
         t = torch.tensor(tot, dtype=torch.float64, device=device)
         if world > 1:
             dist.all_reduce(t)
