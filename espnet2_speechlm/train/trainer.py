@@ -314,7 +314,7 @@ class _Window:
         self.gn, self.lr, self.n = [], 0.0, 0
 
     def add_micro(self, loss_sum, frames, stats, b):
-        self.loss_sum += float(loss_sum)
+        self.loss_sum += float(loss_sum.detach())
         self.frames += float(frames)
         for i, k in enumerate(self.keys):
             if k in stats:
