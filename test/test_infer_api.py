@@ -17,6 +17,7 @@ import torch
 from espnet2_speechlm import config as cfgmod
 from espnet2_speechlm.data.collate import collate
 from espnet2_speechlm.infer.api import DecodeConfig, SpeechLM, pack
+from espnet2_speechlm.infer.config import GenerationConfig
 from espnet2_speechlm.model.build import random_body
 from espnet2_speechlm.tasks import build_sequence
 from espnet2_speechlm.tokenizers.audio import load_item, read_data_dir
@@ -82,7 +83,7 @@ def test_api_round_trip(packed):
     assert wav.dtype == np.float32 and wav.ndim == 1 and len(wav) > 1600
     cont = lm.continue_text(packed["text"].split()[0])
     assert isinstance(cont, str)
-    sp = lm.continue_speech(load_item(packed["items"][1]), DecodeConfig(min_len=5, max_len=10))
+    sp = lm.continue_speech(load_item(packed["items"][1]), DecodeConfig(GenerationConfig(min_len=5, max_len=10)))
     assert sp.ndim == 1 and len(sp) > 0
 
 
@@ -116,7 +117,7 @@ def test_decode_stage_writes_kaldi_outputs(packed):
     finally:
         weights.write_bytes(original)
     cfg = root / "tts.yaml"
-    cfgmod.save(DecodeConfig(max_len=40, max_len_ratio=0.0), cfg)
+    cfgmod.save(DecodeConfig(GenerationConfig(max_len=40, max_len_ratio=0.0)), cfg)
     out = root / "dec_tts"
     run("espnet2_speechlm.bin.decode", "--model_dir", str(packed["pack"]), "--task", "tts", "--data_dir", str(packed["data"]),
         "--token_scp", str(tok_dir / "tokens.scp"), "--out_dir", str(out), "--config", str(cfg), "--max_utts", "3",
@@ -139,7 +140,7 @@ def test_bad_input(packed, tmp_path):
     with pytest.raises(ValueError, match="empty text"):
         lm.tts("   ")
     bad = tmp_path / "cfg.yaml"
-    bad.write_text("max_len: 10\ntop_k: 5\n")
+    bad.write_text("generation: {max_len: 10}\ntop_k: 5\n")
     r = subprocess.run([PY, "-m", "espnet2_speechlm.bin.decode", "--model_dir", str(packed["pack"]), "--task", "tts",
                         "--data_dir", str(packed["data"]), "--out_dir", str(tmp_path / "o"), "--config", str(bad)],
                        capture_output=True, text=True)
@@ -153,11 +154,11 @@ def test_bad_input(packed, tmp_path):
 
 def test_tts_nbest_selection_by_asr(packed):
     """n-best TTS samples n candidates and keeps the one Whisper transcribes best."""
-    from espnet2_speechlm.infer.generate import GenerationConfig, SamplingConfig
+    from espnet2_speechlm.infer.config import SamplingConfig
 
     lm = SpeechLM.from_pretrained(packed["pack"], device="cpu")
     s = SamplingConfig(temperature=1.0)
-    cfg = DecodeConfig(GenerationConfig(semantic=s, acoustic=s, seed=1), min_len=20, max_len=40, nbest=3)
+    cfg = DecodeConfig(GenerationConfig(semantic=s, acoustic=s, seed=1, min_len=20, max_len=40), nbest=3)
     calls = []
     orig = lm._select_by_asr
 

@@ -30,22 +30,18 @@ import torch
 from .. import config as cfgmod
 from ..tasks import build_prompt, build_sequence
 from ..vocab import PAD
-from .generate import GenerationConfig, SamplingConfig, generate
-
-SAMPLE_RATE = 16000
+from .beam_search import beam_search
+from .config import GenerationConfig, GenerationResult, SamplingConfig
+from .generate import generate
 
 
 @dataclass
 class DecodeConfig:
-    """How one task is decoded.  Lengths are in frames (50 per second for
-    speech, one per token for text); ``*_ratio`` limits are relative to the
-    input's length (input frames for ASR, text tokens for TTS)."""
+    """How one task is decoded: sampling and length limits (``generation``,
+    whose ``*_len_ratio`` limits are relative to the input's length: speech
+    frames for ASR, text tokens for TTS), batching, n-best TTS."""
 
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    min_len: int = 0
-    max_len: int = 1500
-    min_len_ratio: float = 0.0
-    max_len_ratio: float = 0.0  # 0: no ratio limit
     batch_size: int = 8
     nbest: int = 1  # TTS: sample n candidates, keep the one an ASR model transcribes best
     speaker_prompt_frames: int = 150
@@ -55,11 +51,23 @@ def default_decode_configs() -> dict[str, DecodeConfig]:
     greedy = SamplingConfig(greedy=True)
     topk = SamplingConfig(temperature=0.8, top_k=30)  # the released TTS defaults
     return {
-        "asr": DecodeConfig(GenerationConfig(text=greedy), max_len=400, max_len_ratio=1.0),
-        "tts": DecodeConfig(GenerationConfig(semantic=topk, acoustic=topk), min_len_ratio=1.0, max_len=1500, max_len_ratio=25.0),
-        "textlm": DecodeConfig(GenerationConfig(text=SamplingConfig(temperature=0.8, top_k=50)), max_len=100),
-        "audiolm": DecodeConfig(GenerationConfig(semantic=topk, acoustic=topk), min_len=50, max_len=250),
+        "asr": DecodeConfig(GenerationConfig(text=greedy, max_len=400, max_len_ratio=1.0)),
+        "tts": DecodeConfig(GenerationConfig(semantic=topk, acoustic=topk, min_len_ratio=1.0, max_len=1500, max_len_ratio=25.0)),
+        "textlm": DecodeConfig(GenerationConfig(text=SamplingConfig(temperature=0.8, top_k=50), max_len=100)),
+        "audiolm": DecodeConfig(GenerationConfig(semantic=topk, acoustic=topk, min_len=50, max_len=250)),
     }
+
+
+def decode_batch(model, prompts: Sequence[np.ndarray], modality: str | Sequence[str], cfg: GenerationConfig,
+                 input_lens: Sequence[int] | None = None) -> list[GenerationResult]:
+    """One target per prompt: beam search for text targets when ``cfg.beam_size``
+    > 1 (:mod:`.beam_search`), sampling otherwise (:mod:`.generate`)."""
+    if cfg.beam_size > 1:
+        mods = [modality] * len(prompts) if isinstance(modality, str) else list(modality)
+        if any(m != "text" for m in mods):
+            raise ValueError(f"beam_size={cfg.beam_size}: beam search is for text targets (ASR); speech is sampled")
+        return beam_search(model, prompts, cfg, input_lens)
+    return generate(model, prompts, modality, cfg, input_lens)
 
 
 @dataclass
@@ -71,7 +79,7 @@ class DecodeDefaults:
 
 
 def load_audio(audio) -> np.ndarray:
-    """Path or array -> 1-D float32 at 16 kHz."""
+    """Path or array -> 1-D float32 at 16 kHz (``tokenizers.audio.SAMPLE_RATE``)."""
     if isinstance(audio, (str, os.PathLike)):
         from ..tokenizers.audio import AudioItem, load_item
 
@@ -80,15 +88,6 @@ def load_audio(audio) -> np.ndarray:
     if wav.ndim != 1 or wav.size == 0:
         raise ValueError(f"audio must be a non-empty 1-D array at 16 kHz (or a file path), got shape {wav.shape}")
     return wav
-
-
-def _limits(cfg: DecodeConfig, input_len: int) -> tuple[int, int]:
-    lo, hi = cfg.min_len, cfg.max_len
-    if cfg.min_len_ratio > 0:
-        lo = max(lo, int(cfg.min_len_ratio * input_len))
-    if cfg.max_len_ratio > 0:
-        hi = min(hi, max(1, int(np.ceil(cfg.max_len_ratio * input_len))))
-    return min(lo, hi), hi
 
 
 class SpeechLM:
@@ -148,13 +147,11 @@ class SpeechLM:
             return np.zeros(0, dtype=np.float32)
         return np.asarray(self._need("speech").decode(frames), dtype=np.float32)
 
-    def _run(self, task: str, prompts, modality, input_lens, cfg: DecodeConfig):
+    def _run(self, prompts, modality, input_lens, cfg: DecodeConfig):
         out = []
-        for i in range(0, len(prompts), max(1, cfg.batch_size)):
-            chunk = slice(i, i + cfg.batch_size)
-            lims = [_limits(cfg, n) for n in input_lens[chunk]]
-            out += generate(self.model, prompts[chunk], modality, cfg.generation,
-                            min_len=[lo for lo, _ in lims], max_len=[hi for _, hi in lims])
+        bs = max(1, cfg.batch_size)
+        for i in range(0, len(prompts), bs):
+            out += decode_batch(self.model, prompts[i : i + bs], modality, cfg.generation, input_lens[i : i + bs])
         return out
 
     # ------------------------------------------------------------------ ASR
@@ -165,7 +162,7 @@ class SpeechLM:
         """ASR from already tokenised speech (``[T, N]`` local frames)."""
         cfg = cfg or self.defaults.asr
         prompts = [build_prompt(self.vocab, "asr", {"speech": f}) for f in speech_frames]
-        res = self._run("asr", prompts, "text", [len(f) for f in speech_frames], cfg)
+        res = self._run(prompts, "text", [len(f) for f in speech_frames], cfg)
         tok = self._need("text")
         return [tok.decode(r.tokens.tolist()) for r in res]
 
@@ -193,8 +190,7 @@ class SpeechLM:
         n = max(1, cfg.nbest)
         rep = [p for p in prompts for _ in range(n)]
         lens = [len(t) for t in ids for _ in range(n)]
-        gen = cfg.generation
-        res = self._run("tts", rep, "audio", lens, cfg)
+        res = self._run(rep, "audio", lens, cfg)
         cands = [[res[i * n + k].tokens for k in range(n)] for i in range(len(prompts))]
         if n == 1:
             return [c[0] for c in cands]
@@ -228,7 +224,7 @@ class SpeechLM:
         cfg = cfg or self.defaults.textlm
         ids = [self.encode_text(t) for t in texts]
         prompts = [self._continuation_prompt("textlm", "text", t) for t in ids]
-        res = self._run("textlm", prompts, "text", [len(t) for t in ids], cfg)
+        res = self._run(prompts, "text", [len(t) for t in ids], cfg)
         return [self._need("text").decode(r.tokens.tolist()) for r in res]
 
     def continue_text(self, text: str, cfg: DecodeConfig | None = None) -> str:
@@ -237,7 +233,7 @@ class SpeechLM:
     def continue_speech_tokens(self, speech_frames: Sequence[np.ndarray], cfg: DecodeConfig | None = None) -> list[np.ndarray]:
         cfg = cfg or self.defaults.audiolm
         prompts = [self._continuation_prompt("audiolm", "speech", f) for f in speech_frames]
-        res = self._run("audiolm", prompts, "audio", [len(f) for f in speech_frames], cfg)
+        res = self._run(prompts, "audio", [len(f) for f in speech_frames], cfg)
         return [r.tokens for r in res]
 
     def continue_speech_batch(self, audios: Sequence, cfg: DecodeConfig | None = None, include_prompt: bool = True) -> list[np.ndarray]:

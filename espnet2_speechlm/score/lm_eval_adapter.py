@@ -58,7 +58,7 @@ class SpeechLMHarness(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         from ..infer.api import DecodeConfig
-        from ..infer.generate import GenerationConfig, SamplingConfig
+        from ..infer.config import GenerationConfig, SamplingConfig
 
         out = []
         for r in requests:
@@ -67,7 +67,7 @@ class SpeechLMHarness(LM):
             until = kw.get("until") or []
             if isinstance(until, str):
                 until = [until]
-            cfg = DecodeConfig(GenerationConfig(text=SamplingConfig(greedy=True)), max_len=int(kw.get("max_gen_toks", self.max_gen_toks)))
+            cfg = DecodeConfig(GenerationConfig(text=SamplingConfig(greedy=True), max_len=int(kw.get("max_gen_toks", self.max_gen_toks))))
             text = self.lm.continue_text(ctx, cfg) if ctx.strip() else ""
             for u in until:
                 if u and u in text:
