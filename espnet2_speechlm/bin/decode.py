@@ -166,7 +166,7 @@ def run_job(args, job: int, ids: list[str]) -> None:
         res = lm.continue_text_batch([lm.text_tokenizer.decode(p.tolist()) for p in prompts], cfg)
         hyps = dict(zip(ids, res))
     else:  # audiolm
-        frames = [speech_of(u)[: max(1, int(args.prompt_seconds * 50))] for u in ids]
+        frames = [speech_of(u)[: max(1, int(args.prompt_seconds * lm.frame_rate))] for u in ids]
         conts = lm.continue_speech_tokens(frames, cfg)
         gen = {u: np.concatenate([f, c]) for u, f, c in zip(ids, frames, conts)}
 
@@ -180,7 +180,7 @@ def run_job(args, job: int, ids: list[str]) -> None:
                 w(u, flatten_frames(gen[u]))
                 wav = lm.decode_speech(gen[u])
                 path = (out / "wav" / f"{u}.wav").resolve()
-                sf.write(path, wav, 16000)
+                sf.write(path, wav, lm.sample_rate)
                 lines.append(f"{u} {path}")
         write_lines_atomic(out / "wav.scp", lines)
     (out / DONE).write_text(f"{len(ids)} utterances in {time.time() - t0:.1f}s\n")

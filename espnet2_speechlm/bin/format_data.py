@@ -64,7 +64,7 @@ def duration(item) -> float:
     """Seconds of one utterance: from the segment, the file header, or by decoding."""
     import soundfile as sf
 
-    from ..tokenizers.audio import load_item
+    from ..tokenizers.audio import SAMPLE_RATE, load_item
 
     if item.end is not None:
         return item.end - item.start
@@ -72,7 +72,7 @@ def duration(item) -> float:
     if not spec.endswith("|") and os.path.exists(spec):
         info = sf.info(spec)
         return info.frames / info.samplerate - item.start
-    return len(load_item(item)) / 16000.0
+    return len(load_item(item)) / SAMPLE_RATE
 
 
 def format_dir(in_dir: Path, out_dir: Path, min_seconds: float, max_seconds: float, need_text: bool = True) -> dict:

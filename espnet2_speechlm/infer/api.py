@@ -13,7 +13,10 @@ tokenizer directory, or ``text_tokenizer.model`` for sentencepiece),
 (the default :class:`DecodeConfig` per task).  :func:`pack` writes one.
 
 Audio in: a path (any format and rate; resampled to 16 kHz) or a 1-D float
-array at 16 kHz.  Audio out: 1-D float32 arrays at 16 kHz.
+array at 16 kHz.  Audio out: 1-D float32 arrays at 16 kHz.  (16 kHz and 50
+frames per second are the toolkit's rates; a speech tokenizer that records
+others in its ``tokenizer.json`` is followed: ``SpeechLM.sample_rate``,
+``SpeechLM.frame_rate``.)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 
 from .. import config as cfgmod
 from ..tasks import build_prompt, build_sequence
+from ..tokenizers.audio import FRAME_RATE, SAMPLE_RATE
 from ..vocab import PAD
 from .beam_search import beam_search
 from .config import GenerationConfig, GenerationResult, SamplingConfig
@@ -78,15 +82,15 @@ class DecodeDefaults:
     audiolm: DecodeConfig = field(default_factory=lambda: default_decode_configs()["audiolm"])
 
 
-def load_audio(audio) -> np.ndarray:
-    """Path or array -> 1-D float32 at 16 kHz (``tokenizers.audio.SAMPLE_RATE``)."""
+def load_audio(audio, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Path (any format and rate, resampled) or array (already at ``rate``) -> 1-D float32 at ``rate`` Hz."""
     if isinstance(audio, (str, os.PathLike)):
         from ..tokenizers.audio import AudioItem, load_item
 
-        return load_item(AudioItem(str(audio), str(audio)))
+        return load_item(AudioItem(str(audio), str(audio)), target_rate=rate)
     wav = np.asarray(audio, dtype=np.float32)
     if wav.ndim != 1 or wav.size == 0:
-        raise ValueError(f"audio must be a non-empty 1-D array at 16 kHz (or a file path), got shape {wav.shape}")
+        raise ValueError(f"audio must be a non-empty 1-D array at {rate} Hz (or a file path), got shape {wav.shape}")
     return wav
 
 
@@ -127,6 +131,16 @@ class SpeechLM:
         return cls(model, text_tok, speech_tok, defaults)
 
     # ------------------------------------------------------------- helpers
+    @property
+    def sample_rate(self) -> int:
+        """Hz of the audio it reads and writes (its speech tokenizer's, else the toolkit's)."""
+        return self.speech_tokenizer.sample_rate if self.speech_tokenizer is not None else SAMPLE_RATE
+
+    @property
+    def frame_rate(self) -> float:
+        """Speech frames per second (its speech tokenizer's, else the toolkit's)."""
+        return self.speech_tokenizer.frame_rate if self.speech_tokenizer is not None else FRAME_RATE
+
     def _need(self, what: str):
         tok = self.text_tokenizer if what == "text" else self.speech_tokenizer
         if tok is None:
@@ -139,7 +153,7 @@ class SpeechLM:
         return np.asarray(self._need("text").encode(text), dtype=np.int64)
 
     def encode_speech(self, audios: Sequence) -> list[np.ndarray]:
-        wavs = [load_audio(a) for a in audios]
+        wavs = [load_audio(a, self.sample_rate) for a in audios]
         return [np.asarray(f, dtype=np.int64) for f in self._need("speech").encode(wavs)]
 
     def decode_speech(self, frames: np.ndarray) -> np.ndarray:

@@ -56,7 +56,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from ..tokenizers.audio import SAMPLE_RATE  # the toolkit's audio rate, which is also Whisper's
+
 WINDOW_SECONDS = 30.0
 # Whisper's decoder has 448 positions; the prompt takes 4 of them.
 _WHISPER_MAX_LENGTH = 448
