@@ -152,20 +152,28 @@ def test_bad_input(packed, tmp_path):
         SpeechLM.from_pretrained(broken)
 
 
-def test_tts_nbest_selection_by_asr(packed):
-    """n-best TTS samples n candidates and keeps the one Whisper transcribes best."""
+def test_tts_nbest_keeps_the_candidate_with_the_lowest_error(packed):
+    """n-best TTS samples n candidates and keeps the one the caller's scorer
+    rates lowest (bin/decode passes score.whisper.wer_scorer: the lowest WER)."""
     from espnet2_speechlm.infer.config import SamplingConfig
 
     lm = SpeechLM.from_pretrained(packed["pack"], device="cpu")
     s = SamplingConfig(temperature=1.0)
     cfg = DecodeConfig(GenerationConfig(semantic=s, acoustic=s, seed=1, min_len=20, max_len=40), nbest=3)
-    calls = []
-    orig = lm._select_by_asr
+    with pytest.raises(ValueError, match="needs a scorer"):
+        lm.tts_tokens([packed["text"]], cfg=cfg)
+    chosen = {}
+    for sign in (1.0, -1.0):  # the loudest, then the quietest candidate has the lowest "error"
+        seen = []
 
-    def spy(cands, text):
-        calls.append(len(cands))
-        return orig(cands, text)
+        def scorer(wav, text):
+            assert text == packed["text"]
+            seen.append(float(np.abs(wav).sum()))
+            return -sign * seen[-1]
 
-    lm._select_by_asr = spy
-    frames = lm.tts_tokens([packed["text"]], cfg=cfg)
-    assert calls == [3] and frames[0].shape[1] == 9 and 20 <= len(frames[0]) <= 40
+        frames = lm.tts_tokens([packed["text"]], cfg=cfg, scorer=scorer)[0]
+        assert len(seen) == 3 and len(set(seen)) == 3, seen  # three different candidates
+        assert frames.shape[1] == 9 and 20 <= len(frames) <= 40
+        chosen[sign] = float(np.abs(lm.decode_speech(frames)).sum())
+        assert chosen[sign] == (max(seen) if sign > 0 else min(seen))
+    assert chosen[1.0] != chosen[-1.0]  # the choice follows the scores, not the position

@@ -76,7 +76,9 @@ def utterance_ids(args) -> list[str]:
 
             ids = list(TokenReader(args.token_scp))
         elif args.data_dir:
-            ids = [it.utt for it in __import__("espnet2_speechlm.tokenizers.audio", fromlist=["x"]).read_data_dir(args.data_dir)]
+            from ..tokenizers.audio import read_data_dir
+
+            ids = [it.utt for it in read_data_dir(args.data_dir)]
         else:
             raise SystemExit(f"ERROR: --task {args.task} needs --token_scp or --data_dir")
     else:
@@ -155,10 +157,15 @@ def run_job(args, job: int, ids: list[str]) -> None:
         prompts = None
         if args.speaker_prompt == "same_speaker":
             prompts = [speech_of(p) for p in same_speaker_prompts(args, ids)]
-        out_frames = lm.tts_tokens([texts[u] for u in ids], prompts, cfg)
+        scorer = None
+        if cfg.nbest > 1:  # keep the candidate whose Whisper transcript has the lowest WER
+            from ..score.whisper import wer_scorer
+
+            scorer = wer_scorer()
+        out_frames = lm.tts_tokens([texts[u] for u in ids], prompts, cfg, scorer)
         gen = dict(zip(ids, out_frames))
     elif args.task == "textlm":
-        prompts, keep = [], []
+        prompts = []
         for u in ids:
             t = lm.encode_text(texts[u])
             k = max(1, int(len(t) * args.prompt_ratio))

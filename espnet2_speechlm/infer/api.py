@@ -25,7 +25,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,10 @@ from .beam_search import beam_search
 from .config import GenerationConfig, GenerationResult, SamplingConfig
 from .generate import generate
 
+# a candidate's waveform and the text it should say -> an error, lower is better
+# (n-best TTS; e.g. the WER of an ASR transcript: score.whisper.wer_scorer)
+Scorer = Callable[[np.ndarray, str], float]
+
 
 @dataclass
 class DecodeConfig:
@@ -47,7 +51,7 @@ class DecodeConfig:
 
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     batch_size: int = 8
-    nbest: int = 1  # TTS: sample n candidates, keep the one an ASR model transcribes best
+    nbest: int = 1  # TTS: sample n candidates, keep the one the scorer likes best
     speaker_prompt_frames: int = 150
 
 
@@ -80,6 +84,12 @@ class DecodeDefaults:
     tts: DecodeConfig = field(default_factory=lambda: default_decode_configs()["tts"])
     textlm: DecodeConfig = field(default_factory=lambda: default_decode_configs()["textlm"])
     audiolm: DecodeConfig = field(default_factory=lambda: default_decode_configs()["audiolm"])
+
+
+def select_best(wavs: Sequence[np.ndarray], text: str, scorer: Scorer) -> int:
+    """n-best TTS: the index of the waveform ``scorer`` gives the lowest error
+    for ``text`` (the first of equals)."""
+    return int(np.argmin([scorer(w, text) for w in wavs]))
 
 
 def load_audio(audio, rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -187,9 +197,13 @@ class SpeechLM:
         return self.encode_speech([a])[0]
 
     # ------------------------------------------------------------------ TTS
-    def tts_tokens(self, texts: Sequence[str], speaker_prompts: Sequence | None = None, cfg: DecodeConfig | None = None) -> list[np.ndarray]:
-        """TTS to ``[T, N]`` local speech frames (no vocoding)."""
+    def tts_tokens(self, texts: Sequence[str], speaker_prompts: Sequence | None = None, cfg: DecodeConfig | None = None,
+                   scorer: Scorer | None = None) -> list[np.ndarray]:
+        """TTS to ``[T, N]`` local speech frames (no vocoding).  With
+        ``cfg.nbest`` > 1, ``scorer`` picks the best of the n candidates."""
         cfg = cfg or self.defaults.tts
+        if cfg.nbest > 1 and scorer is None:
+            raise ValueError(f"nbest={cfg.nbest} needs a scorer (a waveform and its text -> an error, e.g. score.whisper.wer_scorer())")
         ids = [self.encode_text(t) for t in texts]
         spk = [None] * len(texts) if speaker_prompts is None else list(speaker_prompts)
         if len(spk) != len(texts):
@@ -208,26 +222,14 @@ class SpeechLM:
         cands = [[res[i * n + k].tokens for k in range(n)] for i in range(len(prompts))]
         if n == 1:
             return [c[0] for c in cands]
-        return [self._select_by_asr(c, text) for c, text in zip(cands, texts)]
+        return [c[select_best([self.decode_speech(x) for x in c], text, scorer)] for c, text in zip(cands, texts)]
 
-    def _select_by_asr(self, candidates: list[np.ndarray], text: str) -> np.ndarray:
-        """n-best TTS: keep the candidate whose Whisper transcript has the lowest WER."""
-        from ..score.wer import word_error_rate
-        from ..score.whisper import WhisperASR
+    def tts_batch(self, texts: Sequence[str], speaker_prompts: Sequence | None = None, cfg: DecodeConfig | None = None,
+                  scorer: Scorer | None = None) -> list[np.ndarray]:
+        return [self.decode_speech(f) for f in self.tts_tokens(texts, speaker_prompts, cfg, scorer)]
 
-        if not hasattr(self, "_selector"):
-            self._selector = WhisperASR()
-        scores = []
-        for c in candidates:
-            hyp = self._selector.transcribe(self.decode_speech(c)) if len(c) else ""
-            scores.append(word_error_rate([text], [hyp])["wer"])
-        return candidates[int(np.argmin(scores))]
-
-    def tts_batch(self, texts: Sequence[str], speaker_prompts: Sequence | None = None, cfg: DecodeConfig | None = None) -> list[np.ndarray]:
-        return [self.decode_speech(f) for f in self.tts_tokens(texts, speaker_prompts, cfg)]
-
-    def tts(self, text: str, speaker_prompt=None, cfg: DecodeConfig | None = None) -> np.ndarray:
-        return self.tts_batch([text], None if speaker_prompt is None else [speaker_prompt], cfg)[0]
+    def tts(self, text: str, speaker_prompt=None, cfg: DecodeConfig | None = None, scorer: Scorer | None = None) -> np.ndarray:
+        return self.tts_batch([text], None if speaker_prompt is None else [speaker_prompt], cfg, scorer)[0]
 
     # --------------------------------------------------------- continuation
     def _continuation_prompt(self, task: str, entry: str, tokens: np.ndarray) -> np.ndarray:
