@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     logf.close()
 
     model.eval()
-    from ..score.text_ability import hf_logprobs, perplexity
+    from ..eval.text_ability import hf_logprobs, perplexity
 
     ppl, n = perplexity(hf_logprobs(model, [r.tolist() for r in valid]))
     log(f"validation perplexity {ppl:.3f} over {n} tokens")

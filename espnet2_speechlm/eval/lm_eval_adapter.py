@@ -4,7 +4,7 @@
         --model_args pretrained=exp/packed,batch_size=8 --tasks mmlu --num_fewshot 5
 
 Text is scored as a textlm sequence (``<sos/eos> <textlm_task>
-<text_bpe_start/end> ids...``, see score/text_ability.py).  Context and
+<text_bpe_start/end> ids...``, see eval/text_ability.py).  Context and
 continuation are tokenised separately and concatenated, so the continuation's
 tokens are exactly the ones scored.  As in the perplexity scorer, the very
 first token of a sequence is never scored (it has no text context), which
