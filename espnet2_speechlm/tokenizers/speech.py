@@ -113,6 +113,25 @@ class SpeechTokenizer:
         return cls(SemanticTokenizer.from_config(cfg["semantic"], device), build_acoustic(cfg["acoustic"], device), cfg)
 
 
+def code_vectors(tokenizer_dir: str | Path) -> dict[str, np.ndarray]:
+    """The code vectors a fitted speech tokenizer stores: ``"semantic"``
+    ``[K, d]`` k-means centres and/or ``"acoustic"`` ``[Q, C, M]`` residual
+    codebooks (only the kinds this toolkit fits itself).  A speech LM's new
+    rows can start from them (``model.speech_init``)."""
+    from .kmeans import load_centers
+    from .melcodec import MelRVQCodec
+
+    cfg = read_config(tokenizer_dir)
+    out = {}
+    sem = cfg["semantic"]
+    if sem.get("type") == "kmeans":
+        out["semantic"] = load_centers(sem["kmeans"]).numpy()
+    ac = cfg["acoustic"]
+    if ac.get("type") == MelRVQCodec.kind:
+        out["acoustic"] = MelRVQCodec.load(ac["dir"]).books.cpu().numpy()  # checks the codebooks' shape too
+    return out
+
+
 def make_config(sem: dict, ac: dict) -> dict:
     return {
         "format_version": FORMAT_VERSION,

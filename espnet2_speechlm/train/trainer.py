@@ -74,8 +74,10 @@ def build_model(cfg: TrainConfig, vocab: JointVocab) -> MultiStreamLM:
         vocab.check_matches(model.vocab, f"text LLM {cfg.model.llm_dir} (its tokenizer size must be the vocabulary's text block)")
         if cfg.model.speech_tokenizer_dir:
             from ..model.speech_init import init_speech_rows
+            from ..tokenizers.speech import code_vectors
 
-            done = init_speech_rows(model.embed.weight, model.vocab, cfg.model.speech_tokenizer_dir, seed=cfg.seed)
+            d = cfg.model.speech_tokenizer_dir
+            done = init_speech_rows(model.embed.weight, model.vocab, code_vectors(d), seed=cfg.seed, source=str(d))
             log.info(f"speech rows from {cfg.model.speech_tokenizer_dir}: {', '.join(done) or 'none (no stored code vectors)'}")
     else:
         model = MultiStreamLM.from_pretrained(cfg.model.pretrained_dir, vocab=vocab)
