@@ -36,7 +36,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from espnet2_speechlm.data.loader import BatchPlan, Mixture, make_loader  # noqa: E402
-from espnet2_speechlm.data.splice import FORMAT_VERSION, DataDir, IdsTokenizer, SpliceOptions, splice  # noqa: E402
+from espnet2_speechlm.data.datadir import FORMAT_VERSION, DataDir  # noqa: E402
+from espnet2_speechlm.data.splice import IdsTokenizer, SpliceOptions, splice  # noqa: E402
 from espnet2_speechlm.vocab import JointVocab  # noqa: E402
 
 BLOCKS = {"semantic": 1000, "acoustic": 8 * 1024, "text": 4000}

@@ -7,7 +7,7 @@ from train_helpers import TINY_BODY, make_data_dirs
 
 from espnet2_speechlm.data.collate import collate, collate_packed
 from espnet2_speechlm.data.loader import BatchPlan, DataError, Mixture, make_loader
-from espnet2_speechlm.data.splice import DataDir
+from espnet2_speechlm.data.datadir import DataDir
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..interleave import delayed_length, loss_frames
 from ..vocab import PAD, JointVocab
 from .collate import collate, collate_packed
-from .splice import DataDir, SpliceError
+from .datadir import DataDir, SpliceError
 
 
 class DataError(ValueError):

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.loader import BatchPlan, DataError, Mixture, BatchDataset, eval_batches, make_loader
-from ..data.splice import DataDir
+from ..data.datadir import DataDir
 from ..model import MultiStreamLM
 from ..model.loss import CATEGORY_NAMES
 from ..vocab import JointVocab
