@@ -36,15 +36,7 @@ def collate(seqs: Sequence[SplicedSequence], pad_to_multiple: int = 1) -> dict:
         _check_streams(s, N, f"collate: sequence {b}")
         delay_into(steps[b], s.frames)
         delay_into(mask[b], s.loss_mask)
-    attn = (np.arange(S)[None, :] < lengths[:, None]).astype(np.int64)
-    return {
-        "steps": torch.from_numpy(steps),
-        "loss_mask": torch.from_numpy(mask),
-        "attention_mask": torch.from_numpy(attn),
-        "lengths": torch.from_numpy(lengths),
-        "prefix_lens": torch.tensor([s.prefix_len for s in seqs], dtype=torch.long),
-        "num_pad_steps": int(B * S - lengths.sum()),
-    }
+    return _batch(steps, mask, lengths, [s.prefix_len for s in seqs])
 
 
 def collate_packed(rows: Sequence[Sequence[SplicedSequence]], row_len: int | None = None) -> dict:
@@ -80,16 +72,19 @@ def collate_packed(rows: Sequence[Sequence[SplicedSequence]], row_len: int | Non
             pos[b, o : o + L] = np.arange(L)
             o += L
         pos[b, o:] = np.arange(S - o)
+    return {**_batch(steps, mask, lengths, [r[0].prefix_len for r in rows]), "position_ids": torch.from_numpy(pos), "packed": True}
+
+
+def _batch(steps: np.ndarray, mask: np.ndarray, lengths: np.ndarray, prefix_lens: list[int]) -> dict:
+    B, S, _ = steps.shape
     attn = (np.arange(S)[None, :] < lengths[:, None]).astype(np.int64)
     return {
         "steps": torch.from_numpy(steps),
         "loss_mask": torch.from_numpy(mask),
         "attention_mask": torch.from_numpy(attn),
-        "position_ids": torch.from_numpy(pos),
         "lengths": torch.from_numpy(lengths),
-        "prefix_lens": torch.tensor([r[0].prefix_len for r in rows], dtype=torch.long),
+        "prefix_lens": torch.tensor(prefix_lens, dtype=torch.long),
         "num_pad_steps": int(B * S - lengths.sum()),
-        "packed": True,
     }
 
 
