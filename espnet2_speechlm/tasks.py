@@ -293,16 +293,6 @@ def parse_generated(vocab: JointVocab, frames: np.ndarray, modality: str) -> tup
     return vocab.audio_to_local(content), bool(len(ends))
 
 
-def fixed_length_prompt(frames: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """A speaker prompt of at most ``length`` frames: a random window (or the
-    first ``length`` frames when ``rng`` is None) of a longer utterance."""
-    frames = np.asarray(frames)
-    if len(frames) <= length:
-        return frames
-    start = 0 if rng is None else int(rng.integers(0, len(frames) - length + 1))
-    return frames[start : start + length]
-
-
 def format_sequence(vocab: JointVocab, seq: SplicedSequence, text_pieces: Sequence[str] | None = None, max_frames: int | None = None) -> str:
     """Human-readable listing: one line per frame, token names per stream."""
     lines = [f"task={seq.task} frames={len(seq.frames)} prefix_len={seq.prefix_len} loss_frames={int(seq.loss_mask.sum())}"]

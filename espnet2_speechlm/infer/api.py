@@ -33,7 +33,6 @@ import torch
 from .. import config as cfgmod
 from ..tasks import build_prompt, build_sequence
 from ..tokenizers.audio import FRAME_RATE, SAMPLE_RATE
-from ..vocab import PAD
 from .beam_search import beam_search
 from .config import GenerationConfig, GenerationResult, SamplingConfig
 from .generate import generate

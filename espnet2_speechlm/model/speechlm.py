@@ -16,6 +16,7 @@ Saved layout (``save_pretrained`` / ``from_pretrained``)::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -24,11 +25,11 @@ import torch
 import torch.nn as nn
 
 from .. import config as cfgmod
-from ..interleave import delay, loss_frames
+from ..interleave import loss_frames
 from ..vocab import PAD, JointVocab, VocabError
 from .config import ModelConfig
 from .guided_attention import AttentionCapture, guided_attention_sum
-from .heads import HEADS, MultiStreamEmbedding
+from .heads import MultiStreamEmbedding, SharedStreamHead
 from .loss import alignment_pairs, category_table, ctc_loss_sum, ctc_segments, multistream_loss, weight_per_category
 
 
@@ -76,10 +77,9 @@ class MultiStreamLM(nn.Module):
         emb = MultiStreamEmbedding(V, D, padding_idx=PAD, _weight=old_emb.weight.data, _freeze=False)
         emb.weight = old_emb.weight  # same Parameter: keeps any tying
         lm.set_input_embeddings(emb)
-        head_cls = HEADS.get(cfg.head)
-        if head_cls is None:
-            raise ValueError(f"unknown head {cfg.head!r}; known: {sorted(HEADS)}")
-        head = head_cls(D, V, vocab.num_streams, bias=getattr(old_head, "bias", None) is not None)
+        if cfg.head != "shared":  # the one head the released checkpoints use; another would plug in here
+            raise ValueError(f"unknown head {cfg.head!r}; known: ['shared']")
+        head = SharedStreamHead(D, V, vocab.num_streams, bias=getattr(old_head, "bias", None) is not None)
         head.weight = old_head.weight
         if head.bias is not None:
             head.bias = old_head.bias
@@ -91,12 +91,10 @@ class MultiStreamLM(nn.Module):
                 s, e = vocab.acoustic_stream_range(n)
                 rows.append(torch.cat([torch.tensor([PAD]), torch.arange(s, e)]))
             head.set_acoustic_index(torch.stack(rows))
-        if vocab.num_streams > 1 and cfg.restrict_stream0_logits and hasattr(head, "set_stream0_index"):
+        if vocab.num_streams > 1 and cfg.restrict_stream0_logits:
             ac = vocab.block("acoustic")  # every codebook, one contiguous block
             head.set_stream0_index(torch.cat([torch.arange(ac.start), torch.arange(ac.end, V)]))
         if cfg.ctc_weight > 0:
-            if not hasattr(head, "set_ctc_index"):
-                raise ValueError(f"ctc_weight > 0 needs a head with set_ctc_index; {cfg.head!r} has none")
             tb = vocab.block("text")
             head.set_ctc_index(torch.cat([torch.tensor([PAD]), torch.arange(tb.start, tb.end)]))
         self.register_buffer("categories", category_table(vocab), persistent=False)
@@ -120,7 +118,7 @@ class MultiStreamLM(nn.Module):
         return self.lm.get_input_embeddings()
 
     @property
-    def head(self) -> nn.Module:
+    def head(self) -> SharedStreamHead:
         return self.lm.get_output_embeddings()
 
     @property
@@ -183,9 +181,7 @@ class MultiStreamLM(nn.Module):
         finally:
             if self._guided is not None:
                 self._guided.active = False
-        s0_local = getattr(self.head, "stream0_local", None)
-        if s0_local is None or not s0_local.numel():
-            s0_local = None
+        s0_local = self.head.stream0_local if self.head.stream0_local.numel() else None
         ctc = self._ctc_inputs(h, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self.cfg.ctc_weight > 0 else None
         # The head and the loss run only where some target is in the loss.  Prompts (an ASR
         # example's speech, a TTS speaker prompt) and padding are most steps of an ASR/TTS
@@ -197,7 +193,7 @@ class MultiStreamLM(nn.Module):
             logits0, rest = self.head(h, local0=s0_local is not None)
         num_frames = loss_frames(steps, loss_mask, attention_mask, PAD)
         loss_sum, stats = multistream_loss(
-            logits0, rest, tgt, mask, self.categories, self.cat_weights, getattr(self.head, "acoustic_index", None),
+            logits0, rest, tgt, mask, self.categories, self.cat_weights, self.head.acoustic_index,
             stream0_local=s0_local,
         )
         if ctc is not None and ctc[2]:
@@ -266,10 +262,7 @@ class MultiStreamLM(nn.Module):
 
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        self.lm.config.save_pretrained(tmp)
-        self.cfg.vocab_fingerprint = self.vocab.fingerprint()
-        cfgmod.save(self.cfg, tmp / "speechlm.yaml")
-        self.vocab.save(tmp / "vocab.json")
+        self.save_configs(tmp)
         save_model(self, str(tmp / "model.safetensors"))
         if out_dir.exists():
             import shutil
@@ -283,6 +276,13 @@ class MultiStreamLM(nn.Module):
         else:
             os.replace(tmp, out_dir)
         return out_dir
+
+    def save_configs(self, directory: Path) -> None:
+        """The files beside the weights: the body's ``config.json``,
+        ``speechlm.yaml`` (with the vocabulary's fingerprint) and ``vocab.json``."""
+        self.lm.config.save_pretrained(directory)
+        cfgmod.save(dataclasses.replace(self.cfg, vocab_fingerprint=self.vocab.fingerprint()), Path(directory) / "speechlm.yaml")
+        self.vocab.save(Path(directory) / "vocab.json")
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu", vocab: JointVocab | None = None):
@@ -318,9 +318,6 @@ class MultiStreamLM(nn.Module):
         return model.to(device=device, dtype=dtype)
 
     # ----------------------------------------------------------- utilities
-    def delayed(self, frames: torch.Tensor) -> torch.Tensor:
-        return delay(frames, PAD)
-
     def num_parameters(self) -> int:
         # ZeRO-3 leaves each rank an empty placeholder and records the full size as ds_numel
         return sum(getattr(p, "ds_numel", p.numel()) for p in {id(p): p for p in self.parameters()}.values())
