@@ -309,8 +309,12 @@ class JointVocab:
             if not 0 <= i < NUM_SPECIAL:
                 raise VocabError(f"{where}: special {name!r} has id {i} outside [0, {NUM_SPECIAL})")
 
-    def check_matches(self, other: "JointVocab", what: str = "checkpoint") -> None:
-        """Raise a :class:`VocabError` that says how two vocabularies differ."""
+    def check_matches(self, other: "JointVocab", what: str = "checkpoint", sides: tuple[str, str] | None = None) -> None:
+        """Raise a :class:`VocabError` that says how two vocabularies differ.
+
+        ``sides`` names this vocabulary and ``other`` in the message, e.g.
+        ``("data", "checkpoint")``: blocks are shown as (start, size) pairs,
+        this one's first."""
         if self.fingerprint() == other.fingerprint():
             return
         a = {b.name: (b.start, b.size) for b in self.blocks}
@@ -318,4 +322,5 @@ class JointVocab:
         diffs = [f"{n}: {a.get(n)} vs {c.get(n)}" for n in sorted(set(a) | set(c)) if a.get(n) != c.get(n)]
         if self.num_streams != other.num_streams:
             diffs.append(f"num_streams: {self.num_streams} vs {other.num_streams}")
-        raise VocabError(f"vocabulary does not match the {what}: " + ("; ".join(diffs) or "special tokens differ"))
+        legend = f" ((start, size) in the {sides[0]} vs in the {sides[1]})" if sides and diffs else ""
+        raise VocabError(f"vocabulary does not match the {what}: " + ("; ".join(diffs) or "special tokens differ") + legend)

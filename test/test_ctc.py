@@ -147,3 +147,27 @@ def test_ctc_weight_survives_save_and_load(tmp_path, tiny_llama_cfg):
     assert back.cfg.ctc_weight == 0.3
     assert back.head.ctc_index.tolist() == m.head.ctc_index.tolist()
     assert len(back.head.ctc_index) == 1 + V.block("text").size
+
+
+def test_ctc_layer_scores_that_layers_output_through_the_final_norm(tiny_llama_cfg):
+    rng = np.random.default_rng(1)
+    torch.manual_seed(0)
+    m = random_body(tiny_llama_cfg, V)
+    mc = MultiStreamLM(m.lm, V, dataclasses.replace(m.cfg, ctc_weight=1.0, ctc_layer=1))
+    asr = [build_sequence(V, "asr", {"speech": _speech(rng, 8), "text": rng.integers(0, 100, 3)})]
+    steps, mask, attn = _batch(asr)
+    _, st = mc(steps, mask, attn)
+    # reference: the body's own hidden_states[1] (after decoder layer 1), normed by its final norm
+    out = mc.body(inputs_embeds=mc.embed(steps[:, :-1]), attention_mask=attn[:, :-1], output_hidden_states=True)
+    h1 = mc.body.norm(out.hidden_states[1])
+    assert not torch.allclose(h1, out.last_hidden_state)
+    tb = V.block("text")
+    idx = torch.cat([torch.tensor([PAD]), torch.arange(tb.start, tb.end)])
+    sp = next(s for s in asr[0].segments if s.name == "speech")
+    tx = next(s for s in asr[0].segments if s.name == "text")
+    logp = F.linear(h1[0, sp.start : sp.end] + mc.head.stream_emb[0], mc.head.weight[idx]).log_softmax(-1)
+    tgt = torch.as_tensor(asr[0].frames[tx.start : tx.end, 0]) - tb.start + 1
+    want = F.ctc_loss(logp[:, None], tgt[None], [len(logp)], [len(tgt)], blank=0, reduction="sum").item()
+    assert st["loss_ctc"] == pytest.approx(want / len(tgt), rel=1e-4)
+    with pytest.raises(ValueError, match="ctc_layer 3"):
+        MultiStreamLM(m.lm, V, dataclasses.replace(m.cfg, ctc_weight=1.0, ctc_layer=3))

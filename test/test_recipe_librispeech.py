@@ -190,7 +190,7 @@ def test_size_configs_have_the_paper_settings(size):
         assert ds["zero_optimization"]["stage"] == zero
     assert c.schedule.name == "warmup_cosine" and c.schedule.warmup_steps == 2000 and c.schedule.min_lr_ratio == 0.3
     lw = c.model.speechlm.loss_weights
-    assert (lw.text, lw.semantic, lw.acoustic, lw.special) == (1.0, 0.5, 0.0625, 10.0)
+    assert (lw.text, lw.semantic, lw.acoustic, lw.special) == (1.0, 0.5, 0.0625, 1.0)
     assert a.schedule.name == "linear_to_zero" and a.schedule.warmup_steps == 0
 
 

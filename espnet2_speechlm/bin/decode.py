@@ -18,6 +18,10 @@ Outputs in ``out_dir``: ``text`` (asr, textlm: ``utt hypothesis``), ``wav.scp`` 
 tokens (flattened int32, as the dump stores them), ``decode.yaml`` (the config
 used) and ``.done``.  Work is split into ``nj`` jobs run by ``--cmd``; a job
 that finished is not run again.
+
+A ``--token_scp`` whose ``tokenizer.json`` (written by the dump stage) does not
+fit the model's vocabulary, or names another speech tokenizer than the one
+packed with the model, is refused before any job starts.
 """
 
 from __future__ import annotations
@@ -89,6 +93,24 @@ def utterance_ids(args) -> list[str]:
         raise SystemExit("ERROR: the test set has no utterances")
     ids = sorted(ids)
     return ids[: args.max_utts] if args.max_utts else ids
+
+
+def check_token_dump(args) -> None:
+    """Tokens dumped by another speech tokenizer than the model's are refused
+    before any job runs: the model would decode ids that mean something else."""
+    from ..tokenizers.speech import TOKENIZER_FILE, TokenizerMismatchError, check_fits_vocab, check_same_tokenizer
+
+    dump_cfg = Path(args.token_scp).parent / TOKENIZER_FILE
+    model_tok = Path(args.model_dir) / "speech_tokenizer"
+    if not dump_cfg.exists():
+        log(f"{args.token_scp}: no {TOKENIZER_FILE} beside it; the tokenizer that made it is not checked")
+        return
+    try:
+        check_fits_vocab(dump_cfg, Path(args.model_dir) / "vocab.json")
+        if (model_tok / TOKENIZER_FILE).exists():
+            check_same_tokenizer(dump_cfg, model_tok)
+    except (TokenizerMismatchError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"ERROR: --token_scp {args.token_scp} does not fit --model_dir {args.model_dir}: {e}") from None
 
 
 def load_decode_config(args, lm):
@@ -182,7 +204,7 @@ def run_job(args, job: int, ids: list[str]) -> None:
     if gen:
         (out / "wav").mkdir()
         lines = []
-        with kaldiio.WriteHelper(f"ark,scp:{out / 'tokens.ark'},{out / 'tokens.scp'}") as w:
+        with kaldiio.WriteHelper(f"ark,scp:{out.resolve() / 'tokens.ark'},{out / 'tokens.scp'}") as w:
             for u in ids:
                 w(u, flatten_frames(gen[u]))
                 wav = lm.decode_speech(gen[u])
@@ -252,6 +274,8 @@ def input_identity(args) -> dict:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
+    if args.token_scp and not args.job:
+        check_token_dump(args)
     ids = utterance_ids(args)
     args.nj = max(1, min(args.nj, len(ids)))
     parts = [ids[(j * len(ids)) // args.nj : ((j + 1) * len(ids)) // args.nj] for j in range(args.nj)]

@@ -42,8 +42,10 @@ def read_kaldi_map(path: str | os.PathLike, what: str, value: Callable[[str, str
     path = Path(path)
     if not path.exists():
         raise SpliceError(f"{what} file not found: {path}")
+    from ..tokenizers.audio import open_utf8  # bytes that are not UTF-8: an error naming the line
+
     out: dict = {}
-    with open(path, encoding="utf-8") as f:
+    with open_utf8(path, SpliceError) as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():

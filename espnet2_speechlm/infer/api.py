@@ -92,12 +92,20 @@ def select_best(wavs: Sequence[np.ndarray], text: str, scorer: Scorer) -> int:
 
 
 def load_audio(audio, rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Path (any format and rate, resampled) or array (already at ``rate``) -> 1-D float32 at ``rate`` Hz."""
+    """Path (any format and rate, resampled) or array (already at ``rate``) ->
+    1-D float32 at ``rate`` Hz.  Integer arrays are PCM samples (int16 as
+    soundfile and scipy read WAV files) and are scaled to [-1, 1)."""
     if isinstance(audio, (str, os.PathLike)):
         from ..tokenizers.audio import AudioItem, load_item
 
         return load_item(AudioItem(str(audio), str(audio)), target_rate=rate)
-    wav = np.asarray(audio, dtype=np.float32)
+    wav = np.asarray(audio)
+    if wav.dtype.kind == "i":
+        wav = wav.astype(np.float32) / float(2 ** (8 * wav.dtype.itemsize - 1))
+    elif wav.dtype.kind == "u":  # 8-bit WAV: unsigned, centred on 128
+        half = float(2 ** (8 * wav.dtype.itemsize - 1))
+        wav = (wav.astype(np.float32) - half) / half
+    wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1 or wav.size == 0:
         raise ValueError(f"audio must be a non-empty 1-D array at {rate} Hz (or a file path), got shape {wav.shape}")
     return wav
@@ -130,6 +138,7 @@ class SpeechLM:
         if dtype is None:
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = MultiStreamLM.from_pretrained(path, dtype=dtype, device=device)
+        check_tokenizers(path, speech_tokenizer=path / "speech_tokenizer")  # the text tokenizer: in __init__
         text_tok = None
         if (path / "text_tokenizer").is_dir():
             text_tok = load_text_tokenizer(path / "text_tokenizer")
@@ -260,6 +269,25 @@ class SpeechLM:
         return self.continue_speech_batch([audio], cfg, include_prompt)[0]
 
 
+def check_tokenizers(model_dir, text_tokenizer=None, speech_tokenizer=None) -> None:
+    """Refuse tokenizers that do not fit the model in ``model_dir`` (its vocab.json),
+    naming both files, before anything is loaded or written.  Missing ones are skipped."""
+    from ..tokenizers.speech import TOKENIZER_FILE, check_fits_vocab
+    from ..vocab import JointVocab, VocabError
+
+    vocab_file = Path(model_dir) / "vocab.json"
+    vocab = JointVocab.load(vocab_file)
+    if speech_tokenizer is not None and (Path(speech_tokenizer) / TOKENIZER_FILE).exists():
+        check_fits_vocab(speech_tokenizer, vocab, vocab_file)
+    if text_tokenizer is not None and Path(text_tokenizer).exists():
+        from ..tokenizers.text import load_text_tokenizer
+
+        n, block = load_text_tokenizer(text_tokenizer).vocab_size, vocab.block("text").size
+        if n > block:
+            raise VocabError(f"{text_tokenizer}: {n} text tokens, but {vocab_file} has a text block of {block} ids: "
+                             "the text tokenizer does not fit the model")
+
+
 def pack(model_dir, out_dir, text_tokenizer=None, speech_tokenizer=None, decode_defaults: DecodeDefaults | None = None) -> Path:
     """Assemble a self-contained model directory for :meth:`SpeechLM.from_pretrained`.
 
@@ -268,6 +296,7 @@ def pack(model_dir, out_dir, text_tokenizer=None, speech_tokenizer=None, decode_
     to ``out_dir.tmp`` and renamed, so an interrupted pack leaves nothing
     that looks complete."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_tokenizers(model_dir, text_tokenizer, speech_tokenizer)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -97,6 +97,9 @@ class MultiStreamLM(nn.Module):
         if cfg.ctc_weight > 0:
             tb = vocab.block("text")
             head.set_ctc_index(torch.cat([torch.tensor([PAD]), torch.arange(tb.start, tb.end)]))
+            n_layers = len(getattr(self.body, "layers", ()))
+            if cfg.ctc_layer and not (0 < cfg.ctc_layer <= n_layers and hasattr(self.body, "norm")):
+                raise ValueError(f"ctc_layer {cfg.ctc_layer}: the body has {n_layers} layers (and needs a final .norm)")
         self.register_buffer("categories", category_table(vocab), persistent=False)
         self.register_buffer("cat_weights", weight_per_category(cfg.loss_weights), persistent=False)
         if cfg.gradient_checkpointing:
@@ -176,13 +179,20 @@ class MultiStreamLM(nn.Module):
         pairs = self._guided_pairs(steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self._guided is not None else None
         if pairs:
             self._guided.active = True
+        ctc_layer = self.cfg.ctc_layer if self.cfg.ctc_weight > 0 else 0
+        captured = []
+        hook = (self.body.layers[ctc_layer - 1].register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+                if ctc_layer else None)
         try:
             h, _ = self.hidden(inp, am, pid)
         finally:
             if self._guided is not None:
                 self._guided.active = False
+            if hook is not None:
+                hook.remove()
+        h_ctc = self.body.norm(captured[-1]) if ctc_layer else h
         s0_local = self.head.stream0_local if self.head.stream0_local.numel() else None
-        ctc = self._ctc_inputs(h, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self.cfg.ctc_weight > 0 else None
+        ctc = self._ctc_inputs(h_ctc, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self.cfg.ctc_weight > 0 else None
         # The head and the loss run only where some target is in the loss.  Prompts (an ASR
         # example's speech, a TTS speaker prompt) and padding are most steps of an ASR/TTS
         # batch, and their 9-stream logits would be multiplied by zero.
@@ -306,7 +316,7 @@ class MultiStreamLM(nn.Module):
                 f"the model was trained with {cfg.vocab_fingerprint}"
             )
         if vocab is not None:
-            vocab.check_matches(saved_vocab, f"checkpoint {model_dir}")
+            vocab.check_matches(saved_vocab, f"checkpoint {model_dir}", sides=("data", "checkpoint"))
         hf_cfg = AutoConfig.from_pretrained(model_dir)
         if hf_cfg.vocab_size != saved_vocab.size:
             raise VocabError(f"{model_dir}: config.json has vocab_size {hf_cfg.vocab_size}, vocab.json {saved_vocab.size} ids")

@@ -50,13 +50,30 @@ class AudioItem:
     end: float | None = None  # seconds; None = to the end of the recording
 
 
+def open_utf8(path: str | Path, error: type[Exception] = DataDirError) -> io.TextIOWrapper:
+    """``path`` opened for reading as UTF-8 text (newlines as ``open`` reads them).
+
+    Bytes that are not UTF-8 raise ``error`` naming the file, the line and the
+    column: a decoding error met while iterating over a file names neither."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise error(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
+                    f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+
+
 def read_table(path: str | Path, min_fields: int = 2) -> list[tuple[str, str, int]]:
     """Read ``<key> <rest>`` lines; return (key, rest, line number).  Duplicate keys are errors."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"file not found: {path}")
     out, seen = [], {}
-    with open(path, encoding="utf-8") as f:
+    with open_utf8(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():

@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from ..model import MultiStreamLM
 from .config import TrainConfig
+from .precision import resolve_precision
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -182,6 +183,7 @@ class TorchEngine:
 
     def __init__(self, model: MultiStreamLM, cfg: TrainConfig, device: torch.device, world: int):
         self.cfg, self.device, self.world = cfg, device, world
+        self.precision = resolve_precision(cfg.engine.precision, device)
         self.model = model.to(device)
         self.kind = cfg.engine.name
         self.wrapped = parallelize(self.model, cfg, device)
@@ -189,7 +191,7 @@ class TorchEngine:
         self.optimizer = _adamw(self.model, cfg)
 
     def _autocast(self):
-        if self.cfg.engine.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -275,6 +277,7 @@ class DeepSpeedEngine:
         import deepspeed
 
         self.cfg, self.device, self.world = cfg, device, world
+        self.precision = resolve_precision(cfg.engine.precision, device)
         self.model = model
         A = cfg.engine.grad_accum
         ds = {
@@ -282,7 +285,7 @@ class DeepSpeedEngine:
             "gradient_accumulation_steps": A,
             "gradient_clipping": cfg.optim.clip,
             "zero_optimization": {"stage": cfg.engine.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
-            "bf16": {"enabled": cfg.engine.precision == "bf16"},
+            "bf16": {"enabled": self.precision == "bf16"},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -348,7 +351,7 @@ class DeepSpeedEngine:
     def full_state_dict(self) -> dict | None:
         import deepspeed
 
-        if self.cfg.engine.precision == "bf16":
+        if self.precision == "bf16":
             # the module holds bf16 copies: export the optimizer's fp32 master weights
             from deepspeed.utils import safe_get_full_fp32_param
 

@@ -37,9 +37,11 @@ done
 
 if [ "${fast}" = true ]; then
   conf=conf/fast
+  results=RESULTS_fast.md   # not the tracked RESULTS.md of the full run (git ignores this one)
   data_opts="--num_test 6 --num_dev 4 --max_train 30"
 else
   conf=conf
+  results=RESULTS.md
   data_opts="--num_test 60 --num_dev 30"
 fi
 
@@ -59,4 +61,5 @@ fi
     --tts_speaker_prompt same_speaker \
     --score_models final \
     --score_init_model true \
+    --results "${results}" \
     "${args[@]}"
