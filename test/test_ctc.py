@@ -156,7 +156,7 @@ def test_ctc_layer_scores_that_layers_output_through_the_final_norm(tiny_llama_c
     mc = MultiStreamLM(m.lm, V, dataclasses.replace(m.cfg, ctc_weight=1.0, ctc_layer=1))
     asr = [build_sequence(V, "asr", {"speech": _speech(rng, 8), "text": rng.integers(0, 100, 3)})]
     steps, mask, attn = _batch(asr)
-    _, st = mc(steps, mask, attn)
+    _, _, st = mc(steps, mask, attn)
     # reference: the body's own hidden_states[1] (after decoder layer 1), normed by its final norm
     out = mc.body(inputs_embeds=mc.embed(steps[:, :-1]), attention_mask=attn[:, :-1], output_hidden_states=True)
     h1 = mc.body.norm(out.hidden_states[1])
