@@ -51,7 +51,6 @@ def test_whisper_base_on_real_prompts(asr):
     assert asr.transcribe(np.zeros(0, dtype=np.float32)) == ""
 
 
-
 def test_wer_scorer_makes_n_best_keep_the_candidate_that_says_the_text(asr):
     """The n-best TTS selection with the scorer bin/decode gives it: the
     candidate with the lowest Whisper WER wins, wherever it stands."""
@@ -65,6 +64,7 @@ def test_wer_scorer_makes_n_best_keep_the_candidate_that_says_the_text(asr):
     assert scores[2] <= 10.0 and min(scores[:2] + scores[3:]) >= 50.0, scores
     assert select_best(wavs, text, score) == 2
     assert select_best(wavs[::-1], text, score) == 1
+
 
 LONG = {
     # 30.3 s: longer than Whisper's 30 s window, so the long-form path runs.
