@@ -24,7 +24,7 @@ TORCH_INDEX ?=
 TORCHAUDIO_SPEC ?= torchaudio==2.11.0
 TORCHAUDIO_PURE_PYTHON ?= 1
 ESPNET_SPEC ?= espnet==202511
-# pip prints a warning per package for this machine's local index mirrors
+# pip prints a warning per package for local index mirrors (PIP_FIND_LINKS) that do not exist
 QUIET_PIP := grep -v -e "is ignored: it is neither a file nor a directory" -e "dependency resolver does not currently take into account" -e "espnet 202511 requires setuptools" || true
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=

@@ -219,13 +219,6 @@ class JointVocab:
                 return b.name
         raise VocabError(f"token id {token_id} is outside the vocabulary (size {self.size})")
 
-    def modality_table(self) -> np.ndarray:
-        """``[size]`` int array: 0 special, 1 + i for ``self.blocks[i]``."""
-        table = np.zeros(self.size, dtype=np.int64)
-        for i, b in enumerate(self.blocks):
-            table[b.start : b.end] = i + 1
-        return table
-
     def token_name(self, token_id: int, text_pieces: Sequence[str] | None = None) -> str:
         token_id = int(token_id)
         if 0 <= token_id < NUM_SPECIAL:

@@ -137,7 +137,7 @@ def test_speech_tokenizer_or_dump_that_does_not_fit_the_model_is_refused(corpus)
     # the model's own tokenizer (a packed copy of it) is accepted
     d = dump(root, data, "stok32")
     r = run("espnet2_speechlm.bin.decode", "--model_dir", good, "--task", "asr", "--token_scp", d / "tokens.scp",
-            "--out_dir", root / "decode_ok", "--max_utts", "1", "--override", "max_len=3")
+            "--out_dir", root / "decode_ok", "--max_utts", "1", "--override", "generation.max_len=3")
     assert r.returncode == 0, r.stderr[-2000:]
     assert len((root / "decode_ok" / "text").read_text().splitlines()) == 1
 

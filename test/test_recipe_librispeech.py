@@ -43,7 +43,7 @@ TINY_ARGS = [
     "--fit_speech_tokenizer_args",
     "--semantic mfcc --semantic_k 16 --acoustic mel_rvq --codebook_size 16 --epochs 2 --griffin_lim_iters 4",
     "--speaker_prompt_len", "50",
-    "--decode_args", "--override max_len=30 speaker_prompt_frames=50",
+    "--decode_args", "--override generation.max_len=30 speaker_prompt_frames=50",
 ]
 TRAIN_OVERRIDES = ("data.batch_bins=2048 data.pool_size=256 data.num_workers=1 engine.grad_accum=1 engine.threads=1 "
                    "checkpoint.every={n} log.every=1 log.progress_bar=false log.tensorboard=false log.plot=false")

@@ -80,7 +80,9 @@ def utterance_ids(args) -> list[str]:
 
             ids = list(TokenReader(args.token_scp))
         elif args.data_dir:
-            ids = [it.utt for it in __import__("espnet2_speechlm.tokenizers.audio", fromlist=["x"]).read_data_dir(args.data_dir)]
+            from ..tokenizers.audio import read_data_dir
+
+            ids = [it.utt for it in read_data_dir(args.data_dir)]
         else:
             raise SystemExit(f"ERROR: --task {args.task} needs --token_scp or --data_dir")
     else:
@@ -177,10 +179,15 @@ def run_job(args, job: int, ids: list[str]) -> None:
         prompts = None
         if args.speaker_prompt == "same_speaker":
             prompts = [speech_of(p) for p in same_speaker_prompts(args, ids)]
-        out_frames = lm.tts_tokens([texts[u] for u in ids], prompts, cfg)
+        scorer = None
+        if cfg.nbest > 1:  # keep the candidate whose Whisper transcript has the lowest WER
+            from ..score.whisper import wer_scorer
+
+            scorer = wer_scorer()
+        out_frames = lm.tts_tokens([texts[u] for u in ids], prompts, cfg, scorer)
         gen = dict(zip(ids, out_frames))
     elif args.task == "textlm":
-        prompts, keep = [], []
+        prompts = []
         for u in ids:
             t = lm.encode_text(texts[u])
             k = max(1, int(len(t) * args.prompt_ratio))
@@ -188,7 +195,7 @@ def run_job(args, job: int, ids: list[str]) -> None:
         res = lm.continue_text_batch([lm.text_tokenizer.decode(p.tolist()) for p in prompts], cfg)
         hyps = dict(zip(ids, res))
     else:  # audiolm
-        frames = [speech_of(u)[: max(1, int(args.prompt_seconds * 50))] for u in ids]
+        frames = [speech_of(u)[: max(1, int(args.prompt_seconds * lm.frame_rate))] for u in ids]
         conts = lm.continue_speech_tokens(frames, cfg)
         gen = {u: np.concatenate([f, c]) for u, f, c in zip(ids, frames, conts)}
 
@@ -202,7 +209,7 @@ def run_job(args, job: int, ids: list[str]) -> None:
                 w(u, flatten_frames(gen[u]))
                 wav = lm.decode_speech(gen[u])
                 path = (out / "wav" / f"{u}.wav").resolve()
-                sf.write(path, wav, 16000)
+                sf.write(path, wav, lm.sample_rate)
                 lines.append(f"{u} {path}")
         write_lines_atomic(out / "wav.scp", lines)
     (out / DONE).write_text(f"{len(ids)} utterances in {time.time() - t0:.1f}s\n")

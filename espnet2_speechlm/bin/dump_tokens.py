@@ -103,7 +103,7 @@ def run_job(args, job: int) -> int:
     import numpy as np
     import torch
 
-    from ..tokenizers.audio import AudioError, iter_audio, read_data_dir
+    from ..tokenizers.audio import SAMPLE_RATE, AudioError, iter_audio, read_data_dir
     from ..tokenizers.speech import SpeechTokenizer
     from ..tokenizers.token_io import flatten_frames, write_lines_atomic
 
@@ -134,7 +134,7 @@ def run_job(args, job: int) -> int:
     frames_of: dict[str, int] = {}
     bad: list[AudioError] = []
     audio_sec = 0.0
-    max_batch = int(args.batch_seconds * 16000)
+    max_batch = int(args.batch_seconds * SAMPLE_RATE)
     try:
         from tqdm import tqdm
 
@@ -164,7 +164,7 @@ def run_job(args, job: int) -> int:
                 for (utt, wav), fr in zip(batch, frames):
                     writer[utt] = flatten_frames(fr)
                     frames_of[utt] = int(fr.shape[0])
-                    audio_sec += len(wav) / 16000
+                    audio_sec += len(wav) / SAMPLE_RATE
                 if bar:
                     bar.update(len(batch))
                 i = j
@@ -189,7 +189,7 @@ def run_job(args, job: int) -> int:
 
 # --------------------------------------------------------------- orchestrator
 def run_all(args) -> int:
-    from ..tokenizers.audio import DataDirError, read_data_dir
+    from ..tokenizers.audio import FRAME_RATE, DataDirError, read_data_dir
     from ..tokenizers.speech import fingerprint as tokenizer_fingerprint, read_config, write_config
     from ..tokenizers.token_io import write_lines_atomic
 
@@ -283,7 +283,7 @@ def run_all(args) -> int:
     write_config(out, out_cfg)
     write_lines_atomic(out / DONE, [fp])
     frames = sum(int(v) for v in u2n.values())
-    log(f"wrote {out / 'tokens.scp'} ({len(order)} utterances, {frames} frames = {frames / 50 / 3600:.2f} h) in {time.time() - t0:.1f} s")
+    log(f"wrote {out / 'tokens.scp'} ({len(order)} utterances, {frames} frames = {frames / cfg.get('frame_rate', FRAME_RATE) / 3600:.2f} h) in {time.time() - t0:.1f} s")
     return 0
 
 

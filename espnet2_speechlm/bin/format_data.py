@@ -70,13 +70,13 @@ def duration(item) -> float:
     """Seconds of one utterance: from the file header, or by decoding."""
     import soundfile as sf
 
-    from ..tokenizers.audio import load_item
+    from ..tokenizers.audio import SAMPLE_RATE, load_item
 
     spec = item.spec.strip()
     if not spec.endswith("|") and os.path.exists(spec):
         info = sf.info(spec)
         return info.frames / info.samplerate - item.start
-    return len(load_item(item)) / 16000.0
+    return len(load_item(item)) / SAMPLE_RATE
 
 
 def segment_durations(seg_path: Path, wav_scp: Path, wav_rows) -> dict[str, float]:

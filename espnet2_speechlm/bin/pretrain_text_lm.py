@@ -26,7 +26,7 @@ such distances.
 given as the line twice in one row: the second copy is best predicted by
 looking back, so the model learns to copy.  A speech LM started from a model
 that copies reaches a lower ASR loss sooner, reading the first word of the
-speech better (README, the small recipe's numbers, eighth session); copying
+speech better (the mini_espeak recipe's table of experiments); copying
 takes a few hundred steps to take hold.
 
 ``out_dir`` gets config.json + model.safetensors (written under a temporary
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     logf.close()
 
     model.eval()
-    from ..score.text_ability import hf_logprobs, perplexity
+    from ..eval.text_ability import hf_logprobs, perplexity
 
     ppl, n = perplexity(hf_logprobs(model, [r.tolist() for r in valid]))
     log(f"validation perplexity {ppl:.3f} over {n} tokens")

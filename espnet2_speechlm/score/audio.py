@@ -25,7 +25,7 @@ import numpy as np
 
 from espnet2_speechlm.score.wer import ScoringInputError
 
-SAMPLE_RATE = 16000
+from ..tokenizers.audio import SAMPLE_RATE
 
 
 def read_scp(path: str | os.PathLike, what: str = "wav.scp") -> dict[str, tuple[str, int]]:

@@ -14,7 +14,6 @@ bad.
 from __future__ import annotations
 
 import io
-import math
 import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +22,10 @@ from typing import Iterator
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+# The toolkit's audio and token rates.  A fitted speech tokenizer records the
+# rates it was fitted at (tokenizer.json), and what it records wins over these.
+SAMPLE_RATE = 16000  # Hz: every waveform the toolkit reads or writes
+FRAME_RATE = 50  # token frames per second (hop 320 at 16 kHz)
 
 
 class AudioError(ValueError):
@@ -183,11 +185,3 @@ def iter_audio(items, target_rate: int = SAMPLE_RATE, min_seconds: float = 0.0) 
         except AudioError as e:
             yield it, e
 
-
-def num_frames(num_samples: int, hop: int = 320) -> int:
-    """Frames of a centred framing: one per hop, plus one (as ``torch.stft(center=True)``)."""
-    return num_samples // hop + 1
-
-
-def duration_frames(seconds: float, rate: int = 50) -> int:
-    return int(math.floor(seconds * rate)) + 1

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..vocab import JointVocab
+from .audio import FRAME_RATE, SAMPLE_RATE
 
 FORMAT_VERSION = 1
 TOKENIZER_FILE = "tokenizer.json"
@@ -37,7 +38,7 @@ def align_streams(utt: str, semantic: np.ndarray, acoustic: np.ndarray) -> np.nd
     if abs(ts - ta) > 1:
         raise FrameMismatchError(
             f"utterance {utt!r}: semantic stream has {ts} frames, acoustic stream {ta}; "
-            "they must agree within one frame (check that both tokenizers run at 50 Hz on 16 kHz audio)")
+            f"they must agree within one frame (check that both tokenizers run at {FRAME_RATE} Hz on {SAMPLE_RATE // 1000} kHz audio)")
     t = min(ts, ta)
     return np.concatenate([np.asarray(semantic[:t]).reshape(t, 1), np.asarray(acoustic[:t]).reshape(t, -1)], 1).astype(np.int32)
 
@@ -65,6 +66,16 @@ class SpeechTokenizer:
     @property
     def num_codebooks(self) -> int:
         return int(self.acoustic.num_codebooks)
+
+    @property
+    def sample_rate(self) -> int:
+        """Hz of the audio it reads and writes: what tokenizer.json records, else the toolkit's rate."""
+        return int(self.config.get("sample_rate", SAMPLE_RATE))
+
+    @property
+    def frame_rate(self) -> float:
+        """Token frames per second: what tokenizer.json records, else the toolkit's rate."""
+        return float(self.config.get("frame_rate", FRAME_RATE))
 
     @property
     def num_streams(self) -> int:
@@ -104,11 +115,30 @@ class SpeechTokenizer:
         return cls(SemanticTokenizer.from_config(cfg["semantic"], device), build_acoustic(cfg["acoustic"], device), cfg)
 
 
+def code_vectors(tokenizer_dir: str | Path) -> dict[str, np.ndarray]:
+    """The code vectors a fitted speech tokenizer stores: ``"semantic"``
+    ``[K, d]`` k-means centres and/or ``"acoustic"`` ``[Q, C, M]`` residual
+    codebooks (only the kinds this toolkit fits itself).  A speech LM's new
+    rows can start from them (``model.speech_init``)."""
+    from .kmeans import load_centers
+    from .melcodec import MelRVQCodec
+
+    cfg = read_config(tokenizer_dir)
+    out = {}
+    sem = cfg["semantic"]
+    if sem.get("type") == "kmeans":
+        out["semantic"] = load_centers(sem["kmeans"]).numpy()
+    ac = cfg["acoustic"]
+    if ac.get("type") == MelRVQCodec.kind:
+        out["acoustic"] = MelRVQCodec.load(ac["dir"]).books.cpu().numpy()  # checks the codebooks' shape too
+    return out
+
+
 def make_config(sem: dict, ac: dict) -> dict:
     return {
         "format_version": FORMAT_VERSION,
-        "sample_rate": 16000,
-        "frame_rate": 50,
+        "sample_rate": SAMPLE_RATE,
+        "frame_rate": FRAME_RATE,
         "semantic_vocab_size": int(sem["vocab_size"]),
         "num_codebooks": int(ac["num_codebooks"]),
         "codebook_size": int(ac["codebook_size"]),

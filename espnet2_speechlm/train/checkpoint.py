@@ -112,10 +112,7 @@ def export_model(out_dir: Path, full_sd: dict, model, train_cfg=None) -> Path:
     missing = sorted(set(canon.values()) - set(tensors))
     if missing:
         raise RuntimeError(f"export: the gathered state dict lacks {missing[:5]}")
-    model.lm.config.save_pretrained(tmp)
-    model.cfg.vocab_fingerprint = model.vocab.fingerprint()
-    cfgmod.save(model.cfg, tmp / "speechlm.yaml")
-    model.vocab.save(tmp / "vocab.json")
+    model.save_configs(tmp)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     if train_cfg is not None:
         cfgmod.save(train_cfg, tmp / "train_config.yaml")
