@@ -115,14 +115,15 @@ def check_token_dump(args) -> None:
 
 def load_decode_config(args, lm):
     from .. import config as cfgmod
-    from ..infer.api import DecodeConfig
+    from ..infer.api import DecodeConfig, upgrade_decode_dict, upgrade_decode_override
 
     base = getattr(lm.defaults, args.task)
+    overrides = [upgrade_decode_override(o) for o in args.override]
     if args.config:
-        data = cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.override)
-        return cfgmod.from_dict(DecodeConfig, data, args.config)
-    if args.override:
-        data = cfgmod.apply_overrides(cfgmod.to_dict(base), args.override)
+        data = upgrade_decode_dict(cfgmod.load_yaml(args.config) or {}, args.config)
+        return cfgmod.from_dict(DecodeConfig, cfgmod.apply_overrides(data, overrides), args.config)
+    if overrides:
+        data = cfgmod.apply_overrides(cfgmod.to_dict(base), overrides)
         return cfgmod.from_dict(DecodeConfig, data, "decode config")
     return base
 

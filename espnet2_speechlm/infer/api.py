@@ -54,6 +54,38 @@ class DecodeConfig:
     speaker_prompt_frames: int = 150
 
 
+# Decode configs written before the length limits moved into ``generation`` (packed
+# models' decode.yaml, recipe configs) kept them at the top level.
+LEGACY_LENGTH_KEYS = ("min_len", "max_len", "min_len_ratio", "max_len_ratio")
+
+
+def upgrade_decode_dict(data: dict, where: str) -> dict:
+    """A decode config dict with top-level length limits moved into ``generation``."""
+    data = dict(data)
+    moved = [k for k in LEGACY_LENGTH_KEYS if k in data]
+    if moved:
+        gen = dict(data.get("generation") or {})
+        both = [k for k in moved if k in gen]
+        if both:
+            raise ValueError(f"{where}: {', '.join(both)} given both at the top level and under generation")
+        gen.update({k: data.pop(k) for k in moved})
+        data["generation"] = gen
+    return data
+
+
+def upgrade_decode_override(item: str) -> str:
+    """``max_len=N`` (the old spelling) -> ``generation.max_len=N``."""
+    key = item.split("=", 1)[0].strip()
+    return f"generation.{item.strip()}" if key in LEGACY_LENGTH_KEYS else item
+
+
+def load_decode_defaults(path) -> DecodeDefaults:
+    """decode.yaml of a packed model: the per-task decode configs."""
+    data = cfgmod.load_yaml(path) or {}
+    data = {task: upgrade_decode_dict(d, f"{path}: {task}") if isinstance(d, dict) else d for task, d in data.items()}
+    return cfgmod.from_dict(DecodeDefaults, data, str(path))
+
+
 def default_decode_configs() -> dict[str, DecodeConfig]:
     greedy = SamplingConfig(greedy=True)
     topk = SamplingConfig(temperature=0.8, top_k=30)  # the released TTS defaults
@@ -145,7 +177,7 @@ class SpeechLM:
         elif (path / "text_tokenizer.model").exists():
             text_tok = load_text_tokenizer(path / "text_tokenizer.model")
         speech_tok = SpeechTokenizer.load(path / "speech_tokenizer", device=device) if (path / "speech_tokenizer").is_dir() else None
-        defaults = cfgmod.load(DecodeDefaults, path / "decode.yaml") if (path / "decode.yaml").exists() else DecodeDefaults()
+        defaults = load_decode_defaults(path / "decode.yaml") if (path / "decode.yaml").exists() else DecodeDefaults()
         return cls(model, text_tok, speech_tok, defaults)
 
     # ------------------------------------------------------------- helpers
