@@ -68,6 +68,7 @@ decode_args=""
 tts_speaker_prompt=none # none | same_speaker
 asr_model_dir=""        # Whisper (faster-whisper) dir for TTS WER; empty: Whisper base from the PyPI wheels
 score_models="final"    # which models to decode: final (annealed when there is one) | pretrain | both
+pretrain_decode_tasks="" # with --score_models both: the tasks decoded for the pretrained model (empty: --decode_tasks)
 score_init_model=false  # true: also decode and score --init_model (model "init": the figures before fine-tuning)
 results=RESULTS.md      # the results table of stage 10 (its rows also in a .json of the same name)
 
@@ -107,6 +108,7 @@ Options (defaults in brackets):
   --train_args ($train_args) --anneal_args ($anneal_args)
   --decode_tasks ($decode_tasks) --decode_config_dir ($decode_config_dir) --decode_args ($decode_args)
   --tts_speaker_prompt ($tts_speaker_prompt) --asr_model_dir ($asr_model_dir) --score_models ($score_models)
+  --pretrain_decode_tasks ($pretrain_decode_tasks: with --score_models both, the pretrained model's tasks; empty: --decode_tasks)
   --score_init_model ($score_init_model: also decode/score --init_model as model "init", before fine-tuning)
   --results ($results: the results table stage 10 writes, RESULTS.json beside it)
 EOM
@@ -428,6 +430,15 @@ if [ "${score_init_model}" = true ]; then
   [ -n "${init_model_dir}" ] || fail "--score_init_model true needs --init_model"
   models="init ${models}"
 fi
+# the tasks decoded for model $1: the pretrained model of a "both" run may decode fewer
+# (TTS scoring by Whisper is the slowest part of a small recipe's evaluation)
+model_tasks() {
+  if [ "$1" = speechlm ] && [ "${score_models}" = both ] && [ -n "${pretrain_decode_tasks}" ]; then
+    echo "${pretrain_decode_tasks}"
+  else
+    echo "${decode_tasks}"
+  fi
+}
 model_src() {  # the trained weights of model $1
   if [ "$1" = init ]; then echo "${init_model_dir}"; else echo "${expdir}/$1/checkpoints"; fi
 }
@@ -438,7 +449,7 @@ if run_stage 9 && [ "${skip_eval}" = false ]; then
     ${python} -m espnet2_speechlm.bin.pack --checkpoint "$(model_src "${m}")" --out "${expdir}/${m}/pack" \
       --text_tokenizer "${text_tok}" --speech_tokenizer "${speech_tokenizer_dir}"
     for dset in ${test_sets}; do
-      for task in ${decode_tasks}; do
+      for task in $(model_tasks "${m}"); do
         conf_args=()
         [ -f "${decode_config_dir}/decode_${task}.yaml" ] && conf_args=(--config "${decode_config_dir}/decode_${task}.yaml")
         # shellcheck disable=SC2086
@@ -467,7 +478,7 @@ if run_stage 10 && [ "${skip_eval}" = false ]; then
   fi
   for m in ${models}; do
     for dset in ${test_sets}; do
-      for task in ${decode_tasks}; do
+      for task in $(model_tasks "${m}"); do
         d=${expdir}/${m}/decode_${task}_${dset}
         [ -d "${d}" ] || fail "${d} not found: run stage 9 first"
         case ${task} in

@@ -62,7 +62,8 @@ else
 fi
 # the decoding settings are the same for both corpora
 decode_conf=conf
-[ "${fast}" = true ] && decode_conf=conf/fast
+pretrain_tasks="asr"      # TTS (scored by Whisper, the slowest) of the annealed model only
+if [ "${fast}" = true ]; then decode_conf=conf/fast; pretrain_tasks=""; fi
 
 ./speechlm.sh \
     --cmd "${cmd}" --nj 2 --inference_nj 1 \
@@ -81,6 +82,6 @@ decode_conf=conf
     --decode_tasks "asr tts" \
     --decode_config_dir "${decode_conf}" \
     --tts_speaker_prompt same_speaker \
-    --score_models both \
+    --score_models both --pretrain_decode_tasks "${pretrain_tasks}" \
     --results "${results}" \
     "${args[@]}"
