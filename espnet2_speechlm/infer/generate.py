@@ -168,6 +168,10 @@ def generate(
     min_len / max_len  per-prompt limits in frames (default: ``cfg``'s)
     """
     cfg = cfg or GenerationConfig()
+    if getattr(getattr(model, "cfg", None), "convention", "toolkit") == "espnet_opuslm":
+        from .opuslm_rules import generate_release  # the released models' own rules
+
+        return generate_release(model, prompts, modality, cfg, min_len, max_len)
     vocab = model.vocab
     N = vocab.num_streams
     B = len(prompts)
