@@ -31,7 +31,7 @@ def main(argv=None) -> int:
         model_dir = find_model_dir(a.checkpoint)
         defaults = cfgmod.load(DecodeDefaults, a.decode_config) if a.decode_config else None
         out = pack(model_dir, a.out, a.text_tokenizer, a.speech_tokenizer, defaults)
-    except (FileNotFoundError, cfgmod.ConfigError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ConfigError and a tokenizer that does not fit are ValueErrors
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     print(f"[pack] {model_dir} + tokenizers -> {out}", file=sys.stderr)
