@@ -28,13 +28,13 @@ class FrameMismatchError(ValueError):
     """The semantic and acoustic streams of an utterance differ by more than one frame."""
 
 
-def align_streams(utt: str, semantic: np.ndarray, acoustic: np.ndarray) -> np.ndarray:
-    """``[T]`` + ``[T', K]`` -> ``[min(T, T'), 1 + K]`` int32; a difference above one frame is an error."""
+def align_streams(utt: str, semantic: np.ndarray, acoustic: np.ndarray, max_diff: int = 1) -> np.ndarray:
+    """``[T]`` + ``[T', K]`` -> ``[min(T, T'), 1 + K]`` int32; a difference above ``max_diff`` frames is an error."""
     ts, ta = len(semantic), len(acoustic)
-    if abs(ts - ta) > 1:
+    if abs(ts - ta) > max_diff:
         raise FrameMismatchError(
             f"utterance {utt!r}: semantic stream has {ts} frames, acoustic stream {ta}; "
-            "they must agree within one frame (check that both tokenizers run at 50 Hz on 16 kHz audio)")
+            f"they must agree within {max_diff} frame(s) (check that both tokenizers run at 50 Hz on 16 kHz audio)")
     t = min(ts, ta)
     return np.concatenate([np.asarray(semantic[:t]).reshape(t, 1), np.asarray(acoustic[:t]).reshape(t, -1)], 1).astype(np.int32)
 
@@ -71,7 +71,9 @@ class SpeechTokenizer:
         utts = utts or [f"#{i}" for i in range(len(wavs))]
         sem = self.semantic.encode(wavs)
         ac = self.acoustic.encode(wavs)
-        return [align_streams(u, s, a) for u, s, a in zip(utts, sem, ac)]
+        # ESPnet's SSL framing gives up to 2 frames fewer than the codec; both are then cut to the shorter
+        lag = int(getattr(getattr(self.semantic, "features", None), "max_frame_lag", 1))
+        return [align_streams(u, s, a, lag) for u, s, a in zip(utts, sem, ac)]
 
     def decode(self, frames) -> np.ndarray:
         """``[T, 1 + K]`` local frames (or ``[T, K]`` acoustic codes) -> 16 kHz float32 audio."""
@@ -99,6 +101,21 @@ class SpeechTokenizer:
 
         cfg = read_config(path)
         return cls(SemanticTokenizer.from_config(cfg["semantic"], device), build_acoustic(cfg["acoustic"], device), cfg)
+
+
+def check_fits_vocab(cfg: dict, vocab, where: str) -> None:
+    """Refuse a speech tokenizer (its ``tokenizer.json`` as read by :func:`read_config`)
+    whose unit or code counts are not the vocabulary's speech blocks: its ids
+    would land on other tokens, or outside the model, with no error later."""
+    if not (vocab.has_block("semantic") and vocab.has_block("acoustic")):
+        raise ValueError(f"{where}: the model's vocabulary has no speech blocks, but a speech tokenizer was given")
+    ac = vocab.block("acoustic")
+    want = (vocab.block("semantic").size, ac.codebooks, ac.codebook_size)
+    got = (int(cfg["semantic_vocab_size"]), int(cfg["num_codebooks"]), int(cfg["codebook_size"]))
+    if got != want:
+        raise ValueError(
+            f"{where}: the speech tokenizer gives {got[0]} semantic units and {got[1]} x {got[2]} codes, "
+            f"but the model's vocabulary has {want[0]} units and {want[1]} x {want[2]} codes: they do not fit")
 
 
 def make_config(sem: dict, ac: dict) -> dict:
