@@ -35,10 +35,11 @@ MADV_DONTNEED = 4
 
 
 class _PageReleaser:
-    """Drop the resident pages of tensors that live in a read-only file mapping.
+    """Drop the resident pages of tensors that live in a private mapping of a file.
 
-    Only ranges inside a mapping of ``path`` (found in /proc/self/maps) are
-    touched: on such a private, never-written mapping the kernel simply reads
+    Only ranges inside a private (copy-on-write) mapping of ``path``, found in
+    /proc/self/maps, are touched: ``torch.load(mmap=True)`` maps the file so,
+    and the import never writes to those tensors, so the kernel simply reads
     the pages again from the file if they are used later.  Anywhere else the
     call would discard memory, so nothing else is ever passed to madvise."""
 
@@ -51,7 +52,7 @@ class _PageReleaser:
         real = os.path.realpath(path)
         for line in Path("/proc/self/maps").read_text().splitlines():
             parts = line.split(maxsplit=5)
-            if len(parts) == 6 and parts[5] == real and "w" not in parts[1]:
+            if len(parts) == 6 and parts[5] == real and parts[1].endswith("p"):
                 lo, hi = (int(x, 16) for x in parts[0].split("-"))
                 self.ranges.append((lo, hi))
         if self.ranges:

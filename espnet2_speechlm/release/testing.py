@@ -58,7 +58,7 @@ def write_tokenizer(out: Path, texts=SENTENCES, vocab_size: int = 300) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(list(texts) * 5, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+    tok.train_from_iterator(list(texts) * 5, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
                                                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     fast.save_pretrained(out)
