@@ -24,7 +24,7 @@ TORCH_INDEX ?=
 TORCHAUDIO_SPEC ?= torchaudio==2.11.0
 TORCHAUDIO_PURE_PYTHON ?= 1
 ESPNET_SPEC ?= espnet==202511
-# pip prints a warning per package for this machine's local index mirrors
+# pip prints a warning per package for local index mirrors (PIP_FIND_LINKS) that do not exist
 QUIET_PIP := grep -v -e "is ignored: it is neither a file nor a directory" -e "dependency resolver does not currently take into account" -e "espnet 202511 requires setuptools" || true
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
@@ -56,7 +56,7 @@ bench: install
 	@for f in bench/bench_*.py; do $(PY) $$f || exit 1; done
 
 # The small end-to-end recipe (offline, CPU, about 30 minutes on 2 cores).
-# Needs the Debian packages espeak-ng and fortunes (installed by the recipe when run as root).
+# Needs the Debian package espeak-ng (installed by the recipe when run as root).
 demo: install
 	cd egs2/mini_espeak/speechlm1 && ./run.sh
 

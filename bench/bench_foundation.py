@@ -15,7 +15,7 @@ loss_positions_step_speedup     train step (bf16 autocast, AdamW) of the small r
 kv_cache_speedup_500            wall time to generate 500 frames without / with the KV cache
 collate_frames_per_s            frames/s through splicing + delay interleave + padding
 collate_to_step_ratio           collate_frames_per_s / frames/s of a training step of the
-                                small recipe's model shape (6 layers, width 256) on this machine
+                                small recipe's model shape (6 layers, width 256), on the same CPU
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ torch.set_num_threads(1)
 
 from espnet2_speechlm.data.collate import collate  # noqa: E402
 from espnet2_speechlm.infer.generate import GenerationConfig, SamplingConfig, generate  # noqa: E402
-from espnet2_speechlm.interleave import delay  # noqa: E402
+from espnet2_speechlm.interleave import delay, loss_frames  # noqa: E402
 from espnet2_speechlm.model.build import random_body  # noqa: E402
 from espnet2_speechlm.tasks import build_prompt, build_sequence  # noqa: E402
 from espnet2_speechlm.vocab import PAD, JointVocab  # noqa: E402
@@ -47,6 +47,12 @@ SMOL135 = dict(model_type="llama", hidden_size=576, num_hidden_layers=30, num_at
 def random_audio(rng, T, vocab):
     return np.concatenate([rng.integers(0, vocab.block("semantic").size, (T, 1)),
                            rng.integers(0, vocab.block("acoustic").codebook_size, (T, vocab.num_codebooks))], 1)
+
+
+def mean_loss(out):
+    """The model's (loss sum, real frames, stats) -> the loss per frame."""
+    loss_sum, frames, _ = out
+    return loss_sum / frames
 
 
 def step_time(fn, params, repeats):
@@ -73,7 +79,7 @@ def bench_step_overhead(T=256, repeats=3):
     frames = random_audio(rng, T, vocab)
     seq = build_sequence(vocab, "audiolm", {"speech": frames[: T - 12]}, loss_region="all")  # exactly T frames
     b = collate([seq])
-    ms = step_time(lambda: m(b["steps"], b["loss_mask"], b["attention_mask"])[0], m.parameters(), repeats)
+    ms = step_time(lambda: mean_loss(m(b["steps"], b["loss_mask"], b["attention_mask"])), m.parameters(), repeats)
     d = dict(SMOL135)
     conf = AutoConfig.for_model(d.pop("model_type"), vocab_size=vocab.size, **d)
     torch.manual_seed(0)
@@ -107,8 +113,8 @@ def _loss_peak_child(restricted: bool, T: int) -> None:
     base = rss_bytes()
     reset_peak_rss()
     l0, rest = head(h)
-    loss, n, _ = multistream_loss(l0, rest, steps[:, 1:], mask[:, 1:], cats, w, idx)
-    (loss / n).backward()
+    loss, _ = multistream_loss(l0, rest, steps[:, 1:], mask[:, 1:], cats, w, idx)
+    (loss / loss_frames(steps, mask, None, PAD)).backward()
     print(peak_rss_bytes() - base)
 
 
@@ -148,7 +154,7 @@ def bench_stream0_restriction(rows=24, T=256, repeats=3):
 
         def fn():
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return m(b["steps"], b["loss_mask"], b["attention_mask"])[0]
+                return mean_loss(m(b["steps"], b["loss_mask"], b["attention_mask"]))
 
         times.setdefault(restrict, []).append(step_time(fn, m.parameters(), repeats))
     full, restricted = min(times[False]), min(times[True])
@@ -180,12 +186,12 @@ def bench_loss_positions(groups=8, repeats=3):
         mask = lmask[:, 1:] & am[:, 1:].bool().unsqueeze(-1)
         h, _ = m.hidden(steps[:, :-1], am[:, :-1])
         l0, rest = m.head(h, local0=True)
-        s, n, _ = multistream_loss(l0, rest, steps[:, 1:], mask, m.categories, m.cat_weights, m.head.acoustic_index,
-                                   stream0_local=m.head.stream0_local)
-        return s / n
+        s, _ = multistream_loss(l0, rest, steps[:, 1:], mask, m.categories, m.cat_weights, m.head.acoustic_index,
+                                stream0_local=m.head.stream0_local)
+        return s / loss_frames(steps, lmask, am, PAD)
 
     def loss_steps():
-        return m(b["steps"], b["loss_mask"], b["attention_mask"])[0]
+        return mean_loss(m(b["steps"], b["loss_mask"], b["attention_mask"]))
 
     times = {}
     for name, fn in (("all", every_step), ("loss", loss_steps)) * 2:  # interleaved: both see the same machine load
@@ -260,7 +266,7 @@ def small_step_frames_per_s(budget=3072, repeats=3):
     seqs = [build_sequence(vocab, "tts", {"text": rng.integers(0, 2000, 30), "speech": random_audio(rng, 350, vocab)}) for _ in range(8)]
     b = collate(seqs)
     frames = sum(len(s) for s in seqs)
-    sec = step_time(lambda: m(b["steps"], b["loss_mask"], b["attention_mask"])[0], m.parameters(), repeats)
+    sec = step_time(lambda: mean_loss(m(b["steps"], b["loss_mask"], b["attention_mask"])), m.parameters(), repeats)
     log(f"[train-step] small model, {frames} frames per step: {sec:.2f}s")
     return frames / sec
 

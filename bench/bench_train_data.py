@@ -36,7 +36,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from espnet2_speechlm.data.loader import BatchPlan, Mixture, make_loader  # noqa: E402
-from espnet2_speechlm.data.splice import FORMAT_VERSION, DataDir, IdsTokenizer, SpliceOptions, splice  # noqa: E402
+from espnet2_speechlm.data.datadir import FORMAT_VERSION, DataDir  # noqa: E402
+from espnet2_speechlm.data.splice import IdsTokenizer, SpliceOptions, splice  # noqa: E402
 from espnet2_speechlm.vocab import JointVocab  # noqa: E402
 
 BLOCKS = {"semantic": 1000, "acoustic": 8 * 1024, "text": 4000}
@@ -135,8 +136,8 @@ def main():
         for s in range(a.steps + 2):
             b = next(it)
             t0 = time.time()
-            loss, st = eng.forward(b)
-            eng.backward(loss, st, b["loss_frames"])
+            loss_sum, _, _ = eng.forward(b)
+            eng.backward(loss_sum, b["loss_frames"])
             eng.step()
             if s >= 2:  # the first steps allocate
                 times.append(time.time() - t0)

@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .interleave import segment_tail
 from .vocab import PAD, SOS_EOS, JointVocab, VocabError
 
 # modality of an entry -> (start marker, kind of tokens)
@@ -163,7 +164,7 @@ def build_sequence(
     if not examples:
         raise SequenceError("build_sequence: no example given")
     N = vocab.num_streams
-    pads = np.full((N - 1, N), PAD, dtype=np.int64)
+    pads = np.full((segment_tail(N), N), PAD, dtype=np.int64)
     first_present = set(examples[0])
     parts = [_special_frame(vocab, SOS_EOS), _special_frame(vocab, vocab.special(tmpl.marker_for(first_present)))]
     mask_parts = [np.zeros(2, dtype=bool)]
@@ -203,6 +204,26 @@ def build_sequence(
     if loss_region == "all":
         loss_mask[:] = True
     return SplicedSequence(task, frames, loss_mask, prefix_len if prefix_len is not None else len(frames), segments)
+
+
+def entry_length(content_frames: int, is_target: bool, num_streams: int) -> int:
+    """Frames one entry occupies in a built sequence: its modality marker, its
+    content, the closing ``<sos/eos>`` of a target, the all-pad tail."""
+    return 1 + content_frames + (1 if is_target else 0) + segment_tail(num_streams)
+
+
+def sequence_length(task: str, parts: Sequence[Mapping[str, int]], num_streams: int) -> int:
+    """Frames of ``build_sequence(vocab, task, examples)`` computed from the
+    entries' content lengths alone (``parts``: one mapping entry name ->
+    content frames per spliced example), so that a splicing stage can plan
+    without reading any token."""
+    tmpl = get_task(task)
+    total = 2  # <sos/eos> and the task marker
+    for p in parts:
+        for e in tmpl.entries:
+            if e.name in p:
+                total += entry_length(p[e.name], e in tmpl.targets, num_streams)
+    return total
 
 
 def build_prompt(vocab: JointVocab, task: str, conditions: Mapping[str, object]) -> np.ndarray:
@@ -272,16 +293,6 @@ def parse_generated(vocab: JointVocab, frames: np.ndarray, modality: str) -> tup
     if MODALITIES[modality][1] == "text":
         return vocab.text_to_local(content[:, 0]), bool(len(ends))
     return vocab.audio_to_local(content), bool(len(ends))
-
-
-def fixed_length_prompt(frames: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """A speaker prompt of at most ``length`` frames: a random window (or the
-    first ``length`` frames when ``rng`` is None) of a longer utterance."""
-    frames = np.asarray(frames)
-    if len(frames) <= length:
-        return frames
-    start = 0 if rng is None else int(rng.integers(0, len(frames) - length + 1))
-    return frames[start : start + length]
 
 
 def format_sequence(vocab: JointVocab, seq: SplicedSequence, text_pieces: Sequence[str] | None = None, max_frames: int | None = None) -> str:

@@ -228,13 +228,6 @@ class JointVocab:
                 return b.name
         raise VocabError(f"token id {token_id} is outside the vocabulary (size {self.size})")
 
-    def modality_table(self) -> np.ndarray:
-        """``[size]`` int array: 0 special, 1 + i for ``self.blocks[i]``."""
-        table = np.zeros(self.size, dtype=np.int64)
-        for i, b in enumerate(self.blocks):
-            table[b.start : b.end] = i + 1
-        return table
-
     def token_name(self, token_id: int, text_pieces: Sequence[str] | None = None) -> str:
         token_id = int(token_id)
         if 0 <= token_id < NUM_SPECIAL:
@@ -327,8 +320,12 @@ class JointVocab:
             if not 0 <= i < NUM_SPECIAL:
                 raise VocabError(f"{where}: special {name!r} has id {i} outside [0, {NUM_SPECIAL})")
 
-    def check_matches(self, other: "JointVocab", what: str = "checkpoint") -> None:
-        """Raise a :class:`VocabError` that says how two vocabularies differ."""
+    def check_matches(self, other: "JointVocab", what: str = "checkpoint", sides: tuple[str, str] | None = None) -> None:
+        """Raise a :class:`VocabError` that says how two vocabularies differ.
+
+        ``sides`` names this vocabulary and ``other`` in the message, e.g.
+        ``("data", "checkpoint")``: blocks are shown as (start, size) pairs,
+        this one's first."""
         if self.fingerprint() == other.fingerprint():
             return
         a = {b.name: (b.start, b.size) for b in self.blocks}
@@ -338,4 +335,5 @@ class JointVocab:
             diffs.append(f"num_streams: {self.num_streams} vs {other.num_streams}")
         if self.semantic0_is_pad != other.semantic0_is_pad:
             diffs.append(f"semantic unit 0 written as <pad>: {self.semantic0_is_pad} vs {other.semantic0_is_pad}")
-        raise VocabError(f"vocabulary does not match the {what}: " + ("; ".join(diffs) or "special tokens differ"))
+        legend = f" ((start, size) in the {sides[0]} vs in the {sides[1]})" if sides and diffs else ""
+        raise VocabError(f"vocabulary does not match the {what}: " + ("; ".join(diffs) or "special tokens differ") + legend)

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from espnet2_speechlm.infer.beam_search import beam_search_nbest
-from espnet2_speechlm.infer.generate import GenerationConfig, SamplingConfig, generate
+from espnet2_speechlm.infer.api import decode_batch
+from espnet2_speechlm.infer.beam_search import beam_search, beam_search_nbest
+from espnet2_speechlm.infer.config import GenerationConfig, SamplingConfig
+from espnet2_speechlm.infer.generate import generate
 from espnet2_speechlm.interleave import delay
 from espnet2_speechlm.model.build import random_body
 from espnet2_speechlm.tasks import build_prompt
@@ -64,17 +66,17 @@ def test_scores_match_teacher_forcing_and_batching_changes_nothing():
     v, m = _model(text_size=100)
     prompts = _asr_prompts(v, [5, 11, 2, 8])
     cfg = GenerationConfig(beam_size=4, max_len=12)
-    batched = generate(m, prompts, "text", cfg)
+    batched = beam_search(m, prompts, cfg)
     for p, r in zip(prompts, batched):
         assert r.score == pytest.approx(teacher_forced_logprob(m, p, r.frames[:, 0]), abs=1e-8)
         assert (r.frames[:, 1:] == PAD).all() and r.tokens.max() < 100
-        alone = generate(m, [p], "text", cfg)[0]
+        alone = beam_search(m, [p], cfg)[0]
         np.testing.assert_array_equal(alone.tokens, r.tokens)
         assert alone.score == pytest.approx(r.score, abs=1e-8)
     assert any(len(r.tokens) > 1 for r in batched)
     # a wider beam never finds a worse raw log-probability here than greedy decoding
     greedy = generate(m, prompts, "text", GenerationConfig(text=SamplingConfig(greedy=True), max_len=12))
-    wide = generate(m, prompts, "text", GenerationConfig(beam_size=8, length_penalty=0.0, max_len=12))
+    wide = beam_search(m, prompts, GenerationConfig(beam_size=8, length_penalty=0.0, max_len=12))
     for p, g, w in zip(prompts, greedy, wide):
         g_lp = teacher_forced_logprob(m, p, v.text_to_global(g.tokens)) if g.finished else -np.inf
         assert w.score >= g_lp - 1e-9
@@ -87,14 +89,25 @@ def test_one_beam_is_greedy_and_limits_hold():
     one = beam_search_nbest(m, prompts, GenerationConfig(beam_size=1, min_len=3, max_len=9))
     for g, b in zip(greedy, one):
         np.testing.assert_array_equal(g.tokens, b[0].tokens)
-    for r in generate(m, prompts, "text", GenerationConfig(beam_size=3, min_len=3, max_len=9)):
+    for r in beam_search(m, prompts, GenerationConfig(beam_size=3, min_len=3, max_len=9)):
         assert 3 <= len(r.tokens) <= 9
-    res = generate(m, prompts, "text", GenerationConfig(beam_size=3, min_len=4, max_len=4))
+    res = beam_search(m, prompts, GenerationConfig(beam_size=3, min_len=4, max_len=4))
     assert all(len(r.tokens) == 4 and not r.finished for r in res)
 
 
-def test_beam_search_refuses_speech_targets():
+def test_the_api_chooses_beam_search_for_text_only():
     v, m = _model(text_size=20)
     tts = build_prompt(v, "tts", {"text": np.arange(5)})
     with pytest.raises(ValueError, match="beam search is for text"):
+        decode_batch(m, [tts], "audio", GenerationConfig(beam_size=2))
+    with pytest.raises(ValueError, match="generate\\(\\) samples"):
         generate(m, [tts], "audio", GenerationConfig(beam_size=2))
+    asr = _asr_prompts(v, [4, 7])
+    cfg = GenerationConfig(beam_size=3, max_len=6)
+    for got, want in zip(decode_batch(m, asr, "text", cfg), beam_search(m, asr, cfg)):
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+        assert want.score is not None and got.score == want.score
+    greedy = GenerationConfig(text=SamplingConfig(greedy=True), max_len=6)
+    for got, want in zip(decode_batch(m, asr, "text", greedy), generate(m, asr, "text", greedy)):
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+        assert got.score is None

@@ -108,8 +108,9 @@ def test_model_adds_the_weighted_ctc_loss_of_asr_sequences_only(tiny_llama_cfg):
     mc = MultiStreamLM(m.lm, V, dataclasses.replace(m.cfg, ctc_weight=w))  # same weights, CTC on
     asr = [build_sequence(V, "asr", {"speech": _speech(rng, n), "text": rng.integers(0, 100, k)}) for n, k in ((9, 3), (5, 2))]
     steps, mask, attn = _batch(asr)
-    base, st0 = m(steps, mask, attn)
-    with_ctc, st1 = mc(steps, mask, attn)
+    base, frames, st0 = m(steps, mask, attn)
+    with_ctc, frames1, st1 = mc(steps, mask, attn)
+    assert frames == frames1
     assert "loss_ctc" not in st0
     # by hand: the speech frames' hidden states, scored over <pad> (blank) + the text ids
     h, _ = m.hidden(steps[:, :-1], attn[:, :-1])
@@ -123,8 +124,7 @@ def test_model_adds_the_weighted_ctc_loss_of_asr_sequences_only(tiny_llama_cfg):
         tgt = torch.as_tensor(seq.frames[tx.start : tx.end, 0]) - tb.start + 1
         want += F.ctc_loss(logp[:, None], tgt[None], [len(logp)], [len(tgt)], blank=0, reduction="sum").item()
         ntok += len(tgt)
-    frames = st0["num_frames"].item()
-    assert (with_ctc - base).item() == pytest.approx(w * want / frames, rel=1e-4)
+    assert (with_ctc - base).item() == pytest.approx(w * want, rel=1e-4)
     assert st1["loss_ctc"] == pytest.approx(want / ntok, rel=1e-4)
     # the CTC term trains the speech inputs' embeddings
     mc.zero_grad()
@@ -134,8 +134,8 @@ def test_model_adds_the_weighted_ctc_loss_of_asr_sequences_only(tiny_llama_cfg):
     # TTS has no CTC pair: the loss is unchanged
     tts = [build_sequence(V, "tts", {"text": rng.integers(0, 100, 3), "speech": _speech(rng, 6)})]
     steps, mask, attn = _batch(tts)
-    a, _ = m(steps, mask, attn)
-    b, st = mc(steps, mask, attn)
+    a, _, _ = m(steps, mask, attn)
+    b, _, st = mc(steps, mask, attn)
     assert torch.equal(a, b) and "loss_ctc" not in st
 
 
@@ -147,3 +147,27 @@ def test_ctc_weight_survives_save_and_load(tmp_path, tiny_llama_cfg):
     assert back.cfg.ctc_weight == 0.3
     assert back.head.ctc_index.tolist() == m.head.ctc_index.tolist()
     assert len(back.head.ctc_index) == 1 + V.block("text").size
+
+
+def test_ctc_layer_scores_that_layers_output_through_the_final_norm(tiny_llama_cfg):
+    rng = np.random.default_rng(1)
+    torch.manual_seed(0)
+    m = random_body(tiny_llama_cfg, V)
+    mc = MultiStreamLM(m.lm, V, dataclasses.replace(m.cfg, ctc_weight=1.0, ctc_layer=1))
+    asr = [build_sequence(V, "asr", {"speech": _speech(rng, 8), "text": rng.integers(0, 100, 3)})]
+    steps, mask, attn = _batch(asr)
+    _, _, st = mc(steps, mask, attn)
+    # reference: the body's own hidden_states[1] (after decoder layer 1), normed by its final norm
+    out = mc.body(inputs_embeds=mc.embed(steps[:, :-1]), attention_mask=attn[:, :-1], output_hidden_states=True)
+    h1 = mc.body.norm(out.hidden_states[1])
+    assert not torch.allclose(h1, out.last_hidden_state)
+    tb = V.block("text")
+    idx = torch.cat([torch.tensor([PAD]), torch.arange(tb.start, tb.end)])
+    sp = next(s for s in asr[0].segments if s.name == "speech")
+    tx = next(s for s in asr[0].segments if s.name == "text")
+    logp = F.linear(h1[0, sp.start : sp.end] + mc.head.stream_emb[0], mc.head.weight[idx]).log_softmax(-1)
+    tgt = torch.as_tensor(asr[0].frames[tx.start : tx.end, 0]) - tb.start + 1
+    want = F.ctc_loss(logp[:, None], tgt[None], [len(logp)], [len(tgt)], blank=0, reduction="sum").item()
+    assert st["loss_ctc"] == pytest.approx(want / len(tgt), rel=1e-4)
+    with pytest.raises(ValueError, match="ctc_layer 3"):
+        MultiStreamLM(m.lm, V, dataclasses.replace(m.cfg, ctc_weight=1.0, ctc_layer=3))

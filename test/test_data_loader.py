@@ -7,7 +7,7 @@ from train_helpers import TINY_BODY, make_data_dirs
 
 from espnet2_speechlm.data.collate import collate, collate_packed
 from espnet2_speechlm.data.loader import BatchPlan, DataError, Mixture, make_loader
-from espnet2_speechlm.data.splice import DataDir
+from espnet2_speechlm.data.datadir import DataDir
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +78,15 @@ def test_packing_keeps_attention_inside_each_example(dirs, small_vocab):
     model = random_body(dict(TINY_BODY), dd.vocab, seed=0).eval()
     seqs = [dd.build(i) for i in range(3)]
     with torch.no_grad():
-        sep = [model(**{k: collate([s])[k] for k in ("steps", "loss_mask", "attention_mask")})[1] for s in seqs]
+        sep = [model(**{k: collate([s])[k] for k in ("steps", "loss_mask", "attention_mask")}) for s in seqs]
         b = collate_packed([seqs], row_len=sum(len(s) + 8 for s in seqs) + 5)
-        loss, st = model(b["steps"], b["loss_mask"], None, b["position_ids"])
-    assert int(st["num_frames"]) == sum(int(s["num_frames"]) for s in sep)
-    torch.testing.assert_close(st["loss_sum"], sum(s["loss_sum"] for s in sep), rtol=1e-5, atol=1e-4)
+        loss_sum, frames, _ = model(b["steps"], b["loss_mask"], None, b["position_ids"])
+    assert int(frames) == sum(int(s[1]) for s in sep)
+    torch.testing.assert_close(loss_sum, sum(s[0] for s in sep), rtol=1e-5, atol=1e-4)
     # control: the same packed row with ordinary positions lets examples see each other
     with torch.no_grad():
-        _, st2 = model(b["steps"], b["loss_mask"], None, torch.arange(b["steps"].shape[1])[None])
-    assert abs(float(st2["loss_sum"]) - float(st["loss_sum"])) > 1e-3
+        loss_sum2, _, _ = model(b["steps"], b["loss_mask"], None, torch.arange(b["steps"].shape[1])[None])
+    assert abs(float(loss_sum2) - float(loss_sum)) > 1e-3
 
 
 def test_packing_plan_has_little_padding(dirs):

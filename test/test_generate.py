@@ -61,8 +61,8 @@ def test_modality_constraints_and_lengths(setup):
             assert r.tokens.shape[1] == 9
             assert r.tokens[:, 0].max() < 50 and r.tokens[:, 1:].max() < 16 and r.tokens.min() >= 0
             assert (r.frames != PAD).all()  # every stream of a speech frame is a real code
-        if len(r.tokens) == 12:
-            assert not r.finished  # cut at max_len
+        # <sos/eos> is imposed at max_len: a target of max_len frames was cut, a shorter one ended
+        assert r.finished == (len(r.tokens) < 12), (len(r.tokens), r.finished)
 
 
 def test_min_len_blocks_eos_and_eos_stops(setup):
@@ -87,6 +87,25 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(setup):
     logits = torch.randn(4, 30)
     assert torch.equal(sample(logits, SamplingConfig(top_k=1), torch.Generator().manual_seed(0)), logits.argmax(-1))
     assert torch.equal(sample(logits, SamplingConfig(top_p=1e-6), torch.Generator().manual_seed(0)), logits.argmax(-1))
+
+
+def test_length_limits_ratios_and_context():
+    from espnet2_speechlm.infer.prompts import length_limits
+
+    class M:  # what length_limits reads of a model
+        max_steps = 100
+        vocab = JointVocab.build({"semantic": 5, "acoustic": 8 * 4, "text": 10})
+
+    P = np.array([10, 10, 80])
+    cfg = GenerationConfig(min_len=2, max_len=50, min_len_ratio=1.5, max_len_ratio=4.0)
+    lo, hi = length_limits(M, P, cfg, input_lens=[3, 20, 3])
+    # max: min(50, ceil(4 * n)) and the context: 80 + target + <sos/eos> + 8 delay steps <= 100
+    assert hi.tolist() == [12, 50, 100 - 80 - 9]
+    # min: max(2, floor(1.5 * n)), never above the max
+    assert lo.tolist() == [4, 30, 4]
+    assert [x.tolist() for x in length_limits(M, P, GenerationConfig(min_len=2, max_len=50))] == [[2, 2, 2], [50, 50, 11]]
+    with pytest.raises(ValueError, match="input_lens"):
+        length_limits(M, P, cfg)
 
 
 def test_prompt_longer_than_context(setup):

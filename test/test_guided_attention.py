@@ -113,8 +113,9 @@ def test_model_adds_the_penalty_of_the_real_attention_weights(body):
     b = collate(seqs)
     steps, mask, attn = b["steps"], b["loss_mask"], b["attention_mask"]
     plain.train(), guided.train()
-    base, st0 = plain(steps, mask, attn)
-    loss, st = guided(steps, mask, attn)
+    base, frames0, st0 = plain(steps, mask, attn)
+    loss, frames, st = guided(steps, mask, attn)
+    assert frames == frames0
     assert "loss_guided" not in st0
     # by hand from the eager attention's own probabilities
     out = plain.body(inputs_embeds=plain.embed(steps[:, :-1]), attention_mask=attn[:, :-1], output_attentions=True)
@@ -128,14 +129,13 @@ def test_model_adds_the_penalty_of_the_real_attention_weights(body):
                 want += float((a * w).sum().detach())
             queries += y1 - y0
     assert queries == 3 + 6  # the ASR text and the TTS speech; text continuation has no pair
-    frames = float(st0["num_frames"])
-    assert (loss - base).item() == pytest.approx(ga.weight * want / frames, rel=1e-4)
+    assert (loss - base).item() == pytest.approx(ga.weight * want, rel=1e-4)
     assert st["loss_guided"] == pytest.approx(want / (queries * 2 * 2), rel=1e-4)
     # the term alone (train minus eval mode of the same weights) trains the chosen heads'
     # query and key projections and what feeds them, nothing after the scores
     guided.zero_grad()
     guided.eval()
-    without, _ = guided(steps, mask, attn)
+    without, _, _ = guided(steps, mask, attn)
     guided.train()
     (guided(steps, mask, attn)[0] - without).backward()
     layers = guided.body.layers

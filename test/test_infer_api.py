@@ -17,6 +17,7 @@ import torch
 from espnet2_speechlm import config as cfgmod
 from espnet2_speechlm.data.collate import collate
 from espnet2_speechlm.infer.api import DecodeConfig, SpeechLM, pack
+from espnet2_speechlm.infer.config import GenerationConfig
 from espnet2_speechlm.model.build import random_body
 from espnet2_speechlm.tasks import build_sequence
 from espnet2_speechlm.tokenizers.audio import load_item, read_data_dir
@@ -62,8 +63,8 @@ def packed(tmp_path_factory):
     b = collate(seqs)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):
-        loss, st = model(b["steps"], b["loss_mask"], b["attention_mask"])
-        loss.backward()
+        loss_sum, frames, st = model(b["steps"], b["loss_mask"], b["attention_mask"])
+        (loss_sum / frames).backward()
         opt.step()
         opt.zero_grad()
     assert st["acc_stream0"] > 0.95, st
@@ -82,7 +83,7 @@ def test_api_round_trip(packed):
     assert wav.dtype == np.float32 and wav.ndim == 1 and len(wav) > 1600
     cont = lm.continue_text(packed["text"].split()[0])
     assert isinstance(cont, str)
-    sp = lm.continue_speech(load_item(packed["items"][1]), DecodeConfig(min_len=5, max_len=10))
+    sp = lm.continue_speech(load_item(packed["items"][1]), DecodeConfig(GenerationConfig(min_len=5, max_len=10)))
     assert sp.ndim == 1 and len(sp) > 0
 
 
@@ -116,7 +117,7 @@ def test_decode_stage_writes_kaldi_outputs(packed):
     finally:
         weights.write_bytes(original)
     cfg = root / "tts.yaml"
-    cfgmod.save(DecodeConfig(max_len=40, max_len_ratio=0.0), cfg)
+    cfgmod.save(DecodeConfig(GenerationConfig(max_len=40, max_len_ratio=0.0)), cfg)
     out = root / "dec_tts"
     run("espnet2_speechlm.bin.decode", "--model_dir", str(packed["pack"]), "--task", "tts", "--data_dir", str(packed["data"]),
         "--token_scp", str(tok_dir / "tokens.scp"), "--out_dir", str(out), "--config", str(cfg), "--max_utts", "3",
@@ -139,7 +140,7 @@ def test_bad_input(packed, tmp_path):
     with pytest.raises(ValueError, match="empty text"):
         lm.tts("   ")
     bad = tmp_path / "cfg.yaml"
-    bad.write_text("max_len: 10\ntop_k: 5\n")
+    bad.write_text("generation: {max_len: 10}\ntop_k: 5\n")
     r = subprocess.run([PY, "-m", "espnet2_speechlm.bin.decode", "--model_dir", str(packed["pack"]), "--task", "tts",
                         "--data_dir", str(packed["data"]), "--out_dir", str(tmp_path / "o"), "--config", str(bad)],
                        capture_output=True, text=True)
@@ -151,20 +152,28 @@ def test_bad_input(packed, tmp_path):
         SpeechLM.from_pretrained(broken)
 
 
-def test_tts_nbest_selection_by_asr(packed):
-    """n-best TTS samples n candidates and keeps the one Whisper transcribes best."""
-    from espnet2_speechlm.infer.generate import GenerationConfig, SamplingConfig
+def test_tts_nbest_keeps_the_candidate_with_the_lowest_error(packed):
+    """n-best TTS samples n candidates and keeps the one the caller's scorer
+    rates lowest (bin/decode passes score.whisper.wer_scorer: the lowest WER)."""
+    from espnet2_speechlm.infer.config import SamplingConfig
 
     lm = SpeechLM.from_pretrained(packed["pack"], device="cpu")
     s = SamplingConfig(temperature=1.0)
-    cfg = DecodeConfig(GenerationConfig(semantic=s, acoustic=s, seed=1), min_len=20, max_len=40, nbest=3)
-    calls = []
-    orig = lm._select_by_asr
+    cfg = DecodeConfig(GenerationConfig(semantic=s, acoustic=s, seed=1, min_len=20, max_len=40), nbest=3)
+    with pytest.raises(ValueError, match="needs a scorer"):
+        lm.tts_tokens([packed["text"]], cfg=cfg)
+    chosen = {}
+    for sign in (1.0, -1.0):  # the loudest, then the quietest candidate has the lowest "error"
+        seen = []
 
-    def spy(cands, text):
-        calls.append(len(cands))
-        return orig(cands, text)
+        def scorer(wav, text):
+            assert text == packed["text"]
+            seen.append(float(np.abs(wav).sum()))
+            return -sign * seen[-1]
 
-    lm._select_by_asr = spy
-    frames = lm.tts_tokens([packed["text"]], cfg=cfg)
-    assert calls == [3] and frames[0].shape[1] == 9 and 20 <= len(frames[0]) <= 40
+        frames = lm.tts_tokens([packed["text"]], cfg=cfg, scorer=scorer)[0]
+        assert len(seen) == 3 and len(set(seen)) == 3, seen  # three different candidates
+        assert frames.shape[1] == 9 and 20 <= len(frames) <= 40
+        chosen[sign] = float(np.abs(lm.decode_speech(frames)).sum())
+        assert chosen[sign] == (max(seen) if sign > 0 else min(seen))
+    assert chosen[1.0] != chosen[-1.0]  # the choice follows the scores, not the position

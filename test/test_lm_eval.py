@@ -18,7 +18,7 @@ def test_lm_eval_local_multiple_choice_task(tmp_path):
 
     from espnet2_speechlm.infer.api import SpeechLM, pack
     from espnet2_speechlm.model.build import random_body
-    from espnet2_speechlm.score.text_ability import MCItem, multiple_choice_accuracy
+    from espnet2_speechlm.eval.text_ability import MCItem, multiple_choice_accuracy
     from espnet2_speechlm.tokenizers.text import load_text_tokenizer
     from espnet2_speechlm.vocab import JointVocab
 

@@ -105,3 +105,20 @@ def test_the_wav_cache_never_serves_another_text_under_the_same_id(tmp_path):
     # speed and pitch are part of the key too
     assert len({make_corpus.cached_render(tmp_path, "u", "Hello there.", "en-us", s, p) for s, p in ((160, 50), (170, 50), (160, 40))}) == 3
     assert not list(tmp_path.glob("*.tmp.wav"))
+
+
+def test_grammar_corpus_holds_out_its_test_sentences_but_not_their_words():
+    """The default corpus: dev and test sentences never occur in training or in the text-only
+    corpus, yet every word (so every character: the recipe's BPE has no byte fallback) of them does,
+    and the same seed gives the same corpus."""
+    import argparse
+    a = argparse.Namespace(max_train_sentences=3000, num_test=60, lm_sentences=2000)
+    train, dev, test, clauses, lm_text = make_corpus.grammar_texts(a, random.Random(0))
+    assert (len(train), len(dev), len(test), clauses, len(lm_text)) == (3000, 60, 60, [], 2000)
+    held = set(dev) | set(test)
+    assert len(held) == 120 and not held & (set(train) | set(lm_text))
+    train_words = {w for s in train for w in s.split()}
+    assert {w for s in held for w in s.split()} <= train_words
+    assert len(train_words) < 200   # a constrained vocabulary, each word seen many times
+    again = make_corpus.grammar_texts(a, random.Random(0))
+    assert again[0] == train and again[2] == test

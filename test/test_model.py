@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from espnet2_speechlm import config as cfgmod
-from espnet2_speechlm.interleave import delay
+from espnet2_speechlm.interleave import delay, loss_frames
 from espnet2_speechlm.model import LossWeights, ModelConfig, MultiStreamLM
 from espnet2_speechlm.model.build import from_text_llm, random_body
 from espnet2_speechlm.model.loss import category_table, multistream_loss, weight_per_category
@@ -37,7 +37,8 @@ def test_loss_against_hand_computed_example():
     acoustic_index = torch.tensor([[PAD, ac, ac + 1], [PAD, ac + 2, ac + 3]])
     rest = torch.zeros(1, 4, 2, 3)  # uniform over <pad> + 2 codes
     w = LossWeights(text=1.0, semantic=0.5, acoustic=0.25, special=10.0, pad=0.0)
-    loss_sum, frames, stats = multistream_loss(logits0, rest, targets, mask, category_table(v), weight_per_category(w), acoustic_index)
+    loss_sum, stats = multistream_loss(logits0, rest, targets, mask, category_table(v), weight_per_category(w), acoustic_index)
+    frames = loss_frames(torch.cat([targets[:, :1], targets], 1), torch.cat([mask[:, :1], mask], 1), None, PAD)
     ce_text = math.log(math.exp(a) + V - 1) - a
     ce_uniform = math.log(V)
     expected = 1.0 * ce_text + 0.5 * ce_uniform + 0.25 * math.log(3) * 2 + 10.0 * ce_uniform
@@ -48,7 +49,7 @@ def test_loss_against_hand_computed_example():
     assert stats["acc_stream0"] == pytest.approx(1 / 3)  # only the text step is right (argmax)
     # the weights are config: doubling the acoustic weight adds exactly that term again
     w2 = LossWeights(text=1.0, semantic=0.5, acoustic=0.5, special=10.0, pad=0.0)
-    loss2, _, _ = multistream_loss(logits0, rest, targets, mask, category_table(v), weight_per_category(w2), acoustic_index)
+    loss2, _ = multistream_loss(logits0, rest, targets, mask, category_table(v), weight_per_category(w2), acoustic_index)
     assert loss2.item() - loss_sum.item() == pytest.approx(0.25 * math.log(3) * 2, rel=1e-5)
 
 
@@ -106,7 +107,8 @@ def test_model_forward_matches_unrestricted_loss_form(small_vocab, tiny_llama_cf
     seq = build_sequence(small_vocab, "tts", {"text": np.array([1, 2, 3]), "speech": audio})
     steps = torch.as_tensor(delay(seq.frames, PAD))[None]
     mask = torch.as_tensor(delay(np.repeat(seq.loss_mask[:, None], 9, 1), False))[None]
-    loss, stats = m(steps, mask)
+    loss_sum, num_frames, stats = m(steps, mask)
+    loss = loss_sum / num_frames
     h, _ = m.hidden(steps[:, :-1])
     tgt, msk = steps[:, 1:], mask[:, 1:]
     full = torch.nn.functional.linear(h.unsqueeze(-2) + m.head.stream_emb, m.head.weight)  # [1,S,9,V]
@@ -229,7 +231,8 @@ def test_head_runs_only_where_a_target_is_in_the_loss(small_vocab, tiny_llama_cf
     ])
     seen = []
     hook = m.head.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[:-1].numel()))
-    loss, stats = m(b["steps"], b["loss_mask"], b["attention_mask"])
+    loss_sum, num_frames, stats = m(b["steps"], b["loss_mask"], b["attention_mask"])
+    loss = loss_sum / num_frames
     hook.remove()
     loss.backward()
     got = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
@@ -241,11 +244,12 @@ def test_head_runs_only_where_a_target_is_in_the_loss(small_vocab, tiny_llama_cf
     assert seen == [in_loss] and in_loss < am[:, :-1].sum() - 15  # the ASR prompt's steps are skipped
     h, _ = m.hidden(steps[:, :-1], am[:, :-1])
     logits0, rest = m.head(h, local0=True)
-    ref_sum, ref_frames, ref_stats = multistream_loss(
+    ref_sum, ref_stats = multistream_loss(
         logits0, rest, steps[:, 1:], mask, m.categories, m.cat_weights, m.head.acoustic_index, stream0_local=m.head.stream0_local)
+    ref_frames = (mask[..., 0] & (steps[:, 1:, 0] != PAD)).sum()
     ref = ref_sum / ref_frames
     torch.testing.assert_close(loss, ref)
-    assert stats["num_frames"] == ref_frames and stats["loss_text"] == pytest.approx(ref_stats["loss_text"], rel=1e-5)
+    assert num_frames == ref_frames and stats["loss_text"] == pytest.approx(ref_stats["loss_text"], rel=1e-5)
     ref.backward()
     assert got.keys() == {n for n, p in m.named_parameters() if p.grad is not None}
     for n, p in m.named_parameters():

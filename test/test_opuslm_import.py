@@ -154,7 +154,7 @@ def test_first_step_logits_equal_the_reference(replica):
     speech[[0, 5, 9], 0] = 0  # semantic unit 0: written as <pad>, as the release was trained
     assert lm.defaults.tts.speaker_prompt_frames == 500  # the release's, from config.yaml
     cfg = DecodeConfig(GenerationConfig(text=SamplingConfig(greedy=True), semantic=SamplingConfig(greedy=True),
-                                        acoustic=SamplingConfig(greedy=True)), min_len=1, max_len=10,
+                                        acoustic=SamplingConfig(greedy=True), min_len=1, max_len=10),
                        speaker_prompt_frames=lm.defaults.tts.speaker_prompt_frames)
     pads = np.zeros((8, 9), dtype=np.int64)
 
@@ -199,6 +199,7 @@ def test_first_step_logits_equal_the_reference(replica):
 def test_speaker_prompt_is_a_window_of_500_frames(replica):
     """A longer speaker utterance: a random 500-frame window of it (seeded), not its first 500 frames."""
     from espnet2_speechlm.infer.api import DecodeConfig, SpeechLM
+    from espnet2_speechlm.infer.config import GenerationConfig
     from espnet2_speechlm.interleave import undelay
 
     _, rel, _, out = replica
@@ -208,7 +209,7 @@ def test_speaker_prompt_is_a_window_of_500_frames(replica):
     spk = np.stack([np.arange(700) % (n_sem - 1) + 1, *[rng.integers(0, 16, 700) for _ in range(8)]], 1)
     seen = []
     h = lm.model.embed.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()) if not seen else None)
-    lm.tts_tokens(["hello world"], [spk], DecodeConfig(min_len=1, max_len=10, speaker_prompt_frames=500))
+    lm.tts_tokens(["hello world"], [spk], DecodeConfig(GenerationConfig(min_len=1, max_len=10), speaker_prompt_frames=500))
     h.remove()
     frames = undelay(seen[0][0].numpy())
     marker = lm.vocab.special("<spk_start/end>")
@@ -243,8 +244,9 @@ def test_imported_directory(replica):
     assert yaml.safe_load((out / "speechlm.yaml").read_text())["convention"] == "espnet_opuslm"
     dec = yaml.safe_load((out / "decode.yaml").read_text())
     assert dec["tts"]["generation"]["semantic"] == {"greedy": False, "temperature": 0.8, "top_k": 30, "top_p": 1.0}
-    assert (dec["tts"]["min_len"], dec["tts"]["max_len"], dec["tts"]["speaker_prompt_frames"]) == (3, 2048, 500)
-    assert dec["asr"]["generation"]["text"]["greedy"] and dec["asr"]["min_len"] == 1
+    tts = dec["tts"]["generation"]
+    assert (tts["min_len"], tts["max_len"], dec["tts"]["speaker_prompt_frames"]) == (3, 2048, 500)
+    assert dec["asr"]["generation"]["text"]["greedy"] and dec["asr"]["generation"]["min_len"] == 1
     report = json.loads((out / "opuslm_import.json").read_text())
     assert any("criterion.lm_head.weight" in f for f in report["findings"])
     assert any("<pad> row" in f and "non-zero" in f for f in report["findings"])
@@ -277,7 +279,7 @@ def test_loads_straight_from_the_released_files(replica):
     x = torch.randint(0, a.vocab.size, (1, 11, 9))
     assert torch.equal(a.model.hidden(x)[0], b.model.hidden(x)[0])
     assert b.defaults.tts.speaker_prompt_frames == 500
-    short = dataclasses.replace(a.defaults.textlm, max_len=12)
+    short = dataclasses.replace(a.defaults.textlm, generation=dataclasses.replace(a.defaults.textlm.generation, max_len=12))
     assert b.continue_text("please leave", short) == a.continue_text("please leave", short)
 
 

@@ -229,4 +229,4 @@ def test_tokenizer_that_does_not_fit_is_refused_everywhere(released, tok_dir, tm
 def _short(cfg):
     import dataclasses
 
-    return dataclasses.replace(cfg, max_len=12)
+    return dataclasses.replace(cfg, generation=dataclasses.replace(cfg.generation, max_len=12))

@@ -43,7 +43,7 @@ TINY_ARGS = [
     "--fit_speech_tokenizer_args",
     "--semantic mfcc --semantic_k 16 --acoustic mel_rvq --codebook_size 16 --epochs 2 --griffin_lim_iters 4",
     "--speaker_prompt_len", "50",
-    "--decode_args", "--override max_len=30 speaker_prompt_frames=50",
+    "--decode_args", "--override generation.max_len=30 speaker_prompt_frames=50",
 ]
 TRAIN_OVERRIDES = ("data.batch_bins=2048 data.pool_size=256 data.num_workers=1 engine.grad_accum=1 engine.threads=1 "
                    "checkpoint.every={n} log.every=1 log.progress_bar=false log.tensorboard=false log.plot=false")
@@ -190,7 +190,7 @@ def test_size_configs_have_the_paper_settings(size):
         assert ds["zero_optimization"]["stage"] == zero
     assert c.schedule.name == "warmup_cosine" and c.schedule.warmup_steps == 2000 and c.schedule.min_lr_ratio == 0.3
     lw = c.model.speechlm.loss_weights
-    assert (lw.text, lw.semantic, lw.acoustic, lw.special) == (1.0, 0.5, 0.0625, 10.0)
+    assert (lw.text, lw.semantic, lw.acoustic, lw.special) == (1.0, 0.5, 0.0625, 1.0)
     assert a.schedule.name == "linear_to_zero" and a.schedule.warmup_steps == 0
 
 

@@ -48,7 +48,10 @@ def recipe(mini_fast_recipe):
 def test_full_pipeline_writes_results(recipe):
     d, r = recipe
     assert "Successfully finished" in r.stderr
-    table = (d / "RESULTS.md").read_text()
+    # --fast results go beside the recipe's tracked RESULTS.md, never over it
+    assert not (d / "RESULTS.md").exists() and not (d / "RESULTS.json").exists()
+    assert (d / "RESULTS_fast.json").exists() and (d / "exp/packed/RESULTS.md").read_text() == (d / "RESULTS_fast.md").read_text()
+    table = (d / "RESULTS_fast.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| task")]
     got = {(c[0], c[2]) for c in ([x.strip() for x in row.strip("|").split("|")] for row in rows)}
     for need in [("asr", "WER (%)"), ("tts", "WER (%)"), ("textlm", "perplexity"), ("audiolm", "semantic_perplexity"),
@@ -72,7 +75,7 @@ def test_finished_stages_are_skipped_and_later_stages_run_alone(recipe):
     assert "already complete" in r.stderr  # the token dump
     assert "Stage 6" in r.stderr and "train_asr: already done" in r.stderr
     r = sh(d, "./run.sh", "--fast", "true", "--stage", "9", "--stop_stage", "10")
-    assert "already complete" in r.stderr and (d / "RESULTS.md").exists()
+    assert "already complete" in r.stderr and (d / "RESULTS_fast.md").exists()
 
 
 def test_training_with_changed_settings_is_refused_and_checkpoints_kept(recipe):

@@ -6,7 +6,7 @@ layout), and so are its tokenizers (a tiny XEUS-class SSL model, a k-means
 pickle, a tiny DAC; test_opuslm_tokenizer.py).  ``run.sh --fast true
 --released_model ... --released_tokenizers ... --base_llm ...`` must import
 it, tokenise the asterisk prompts with the released tokenizers, fine-tune
-with the release's conventions kept, and write ASR and TTS WER before ("init")
+with the release's conventions kept, and write ASR and TTS WER (RESULTS_fast.md) before ("init")
 and after ("speechlm") fine-tuning.
 """
 
@@ -47,13 +47,13 @@ def test_released_model_is_fine_tuned_and_scored(run):
     d, rel, r = run
     assert "Successfully finished" in r.stderr
     rows = {}
-    for line in (d / "RESULTS.md").read_text().splitlines():
+    for line in (d / "RESULTS_fast.md").read_text().splitlines():
         c = [x.strip() for x in line.strip("|").split("|")]
         if line.startswith("| ") and len(c) >= 6 and c[0] not in ("task", "---"):
             rows[(c[0], c[2], c[5])] = float(c[3])
     for task in ("asr", "tts"):
         for model in ("init", "speechlm"):
-            assert (task, "WER (%)", model) in rows, (task, model, (d / "RESULTS.md").read_text())
+            assert (task, "WER (%)", model) in rows, (task, model, (d / "RESULTS_fast.md").read_text())
     imported = d / "exp" / "released_model"
     assert yaml.safe_load((imported / "speechlm.yaml").read_text())["convention"] == "espnet_opuslm"
     # the release's vocabulary, read from its token_list, is the recipe's
@@ -85,6 +85,6 @@ def test_tokens_fine_tuning_and_decoding_keep_the_release_s_conventions(run, mon
     assert 0 < (num / den) ** 0.5 < 0.2  # a few small steps from the released weights, not a fresh start
     # the fine-tuned model is decoded with the release's decoding defaults (packed decode.yaml)
     dec = yaml.safe_load((d / "exp/speechlm/pack/decode.yaml").read_text())
-    assert dec["tts"]["speaker_prompt_frames"] == 500 and dec["tts"]["min_len"] == 3
+    assert dec["tts"]["speaker_prompt_frames"] == 500 and dec["tts"]["generation"]["min_len"] == 3
     hyps = (d / "exp/speechlm/decode_asr_test/text").read_text().splitlines()
     assert len(hyps) == 4  # run.sh --fast with a released model: 4 test prompts

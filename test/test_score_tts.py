@@ -51,6 +51,21 @@ def test_whisper_base_on_real_prompts(asr):
     assert asr.transcribe(np.zeros(0, dtype=np.float32)) == ""
 
 
+def test_wer_scorer_makes_n_best_keep_the_candidate_that_says_the_text(asr):
+    """The n-best TTS selection with the scorer bin/decode gives it: the
+    candidate with the lowest Whisper WER wins, wherever it stands."""
+    from espnet2_speechlm.infer.api import select_best
+    from espnet2_speechlm.score.whisper import wer_scorer
+
+    score = wer_scorer(asr)
+    text = PROMPTS["all-circuits-busy-now"]
+    wavs = [np.zeros(8000, np.float32), _wav("auth-incorrect"), _wav("all-circuits-busy-now"), np.zeros(0, np.float32)]
+    scores = [score(w, text) for w in wavs]
+    assert scores[2] <= 10.0 and min(scores[:2] + scores[3:]) >= 50.0, scores
+    assert select_best(wavs, text, score) == 2
+    assert select_best(wavs[::-1], text, score) == 1
+
+
 LONG = {
     # 30.3 s: longer than Whisper's 30 s window, so the long-form path runs.
     "demo-congrats": "Congratulations.  You have successfully installed and executed the Asterisk open source PBX.  "

@@ -1,4 +1,5 @@
-"""Speech rows initialised from the speech tokenizer's code vectors (model/speech_init.py)."""
+"""Speech rows initialised from the speech tokenizer's code vectors (tokenizers.speech.code_vectors
+read by the trainer, model/speech_init.py projects them)."""
 
 import json
 import subprocess
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from espnet2_speechlm.model.speech_init import code_vectors, init_speech_rows
+from espnet2_speechlm.model.speech_init import init_speech_rows
+from espnet2_speechlm.tokenizers.speech import code_vectors
 from espnet2_speechlm.tokenizers.testing import have_espeak, make_espeak_data_dir
 from espnet2_speechlm.vocab import JointVocab
 
@@ -38,7 +40,7 @@ def test_rows_are_one_linear_image_of_the_code_vectors(tokenizer):
     assert vecs["semantic"].shape == (16, 60) and books.shape == (8, 16, 80)
     v, w = _vocab_and_weight()
     before = w.clone()
-    assert init_speech_rows(w, v, tokenizer, seed=1) == ["semantic", "acoustic"]
+    assert init_speech_rows(w, v, vecs, seed=1) == ["semantic", "acoustic"]
     t, ac = v.block("text"), v.block("acoustic")
     assert torch.equal(w[t.start : t.end], before[t.start : t.end])  # text rows untouched
     rows = w[ac.start : ac.end].reshape(8, 16, -1).double()
@@ -65,14 +67,14 @@ def test_rows_are_one_linear_image_of_the_code_vectors(tokenizer):
     assert np.corrcoef(dc.numpy(), dr.numpy())[0, 1] > 0.8
     # the same seed gives the same rows
     _, w2 = _vocab_and_weight()
-    init_speech_rows(w2, v, tokenizer, seed=1)
+    init_speech_rows(w2, v, code_vectors(tokenizer), seed=1)
     assert torch.equal(w, w2)
 
 
 def test_mismatched_vocabulary_is_named(tokenizer):
     v = JointVocab.build({"semantic": 20, "acoustic": 8 * 16, "text": 30}, num_codebooks=8)
-    with pytest.raises(ValueError, match="20"):
-        init_speech_rows(torch.zeros(v.size, 8), v, tokenizer)
+    with pytest.raises(ValueError, match=f"{tokenizer}: 16 semantic centres.*has 20"):
+        init_speech_rows(torch.zeros(v.size, 8), v, code_vectors(tokenizer), source=str(tokenizer))
 
 
 def test_tokenizer_without_stored_vectors_leaves_rows_alone(tokenizer, tmp_path):
@@ -82,7 +84,8 @@ def test_tokenizer_without_stored_vectors_leaves_rows_alone(tokenizer, tmp_path)
     (tmp_path / "tokenizer.json").write_text(json.dumps(cfg))
     v, w = _vocab_and_weight()
     before = w.clone()
-    assert init_speech_rows(w, v, tmp_path) == []
+    assert code_vectors(tmp_path) == {}
+    assert init_speech_rows(w, v, code_vectors(tmp_path)) == []
     assert torch.equal(w, before)
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from train_helpers import PY, REPO, make_dump, make_vocab
 
-from espnet2_speechlm.data.splice import DataDir, IdsTokenizer, SpliceError, SpliceOptions, splice
+from espnet2_speechlm.data.datadir import DataDir, SpliceError
+from espnet2_speechlm.data.splice import IdsTokenizer, SpliceOptions, splice
 from espnet2_speechlm.tasks import parse_sequence
 from espnet2_speechlm.tokenizers.token_io import TokenReader
 from espnet2_speechlm.vocab import SOS_EOS

@@ -11,6 +11,7 @@ from espnet2_speechlm.tasks import (
     format_sequence,
     parse_generated,
     parse_sequence,
+    sequence_length,
 )
 from espnet2_speechlm.vocab import PAD, SOS_EOS, JointVocab
 
@@ -82,6 +83,14 @@ def test_every_segment_ends_with_n_minus_1_pad_frames(ex):
     markers = np.nonzero(np.isin(seq.frames[:, 0], [34, 35, 37]))[0]
     for t in markers:  # at a modality marker's step no stream holds anything but the marker
         assert (d[t, 1:] == PAD).all()
+
+
+@given(examples())
+def test_sequence_length_is_the_built_length(ex):
+    """The splicing stage plans with ``sequence_length`` and never builds: both must agree."""
+    task, exs = ex
+    parts = [{k: len(v) for k, v in e.items()} for e in exs]
+    assert sequence_length(task, parts, N) == len(build_sequence(V, task, exs))
 
 
 def test_released_prompt_layouts():

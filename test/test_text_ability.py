@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from espnet2_speechlm.model.build import from_text_llm
-from espnet2_speechlm.score.text_ability import MCItem, hf_logprobs, multiple_choice_accuracy, perplexity, speechlm_logprobs
+from espnet2_speechlm.eval.text_ability import MCItem, hf_logprobs, multiple_choice_accuracy, perplexity, speechlm_logprobs
 
 
 @pytest.fixture(scope="module")

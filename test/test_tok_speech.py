@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from espnet2_speechlm.tokenizers import kmeans as km
-from espnet2_speechlm.tokenizers.audio import AudioItem, load_item
+from espnet2_speechlm.tokenizers.audio import FRAME_RATE, SAMPLE_RATE, AudioItem, load_item
 from espnet2_speechlm.tokenizers.features import SpectralFeatures, frame_count
 from espnet2_speechlm.tokenizers.melcodec import MelCodecConfig, MelRVQCodec
 from espnet2_speechlm.tokenizers.semantic import SemanticTokenizer
@@ -116,6 +116,14 @@ def test_align_streams():
         align_streams("u9", sem[:3], ac)
 
 
+def test_what_a_tokenizer_records_wins_over_the_toolkit_rates():
+    assert SAMPLE_RATE // FRAME_RATE == 320  # the hop every back-end frames with
+    recorded = SpeechTokenizer(None, None, {"sample_rate": 24000, "frame_rate": 75})
+    assert (recorded.sample_rate, recorded.frame_rate) == (24000, 75)
+    silent = SpeechTokenizer(None, None, {})
+    assert (silent.sample_rate, silent.frame_rate) == (SAMPLE_RATE, FRAME_RATE)
+
+
 def test_speech_tokenizer_save_load(codec, wavs, tmp_path):
     sem = SemanticTokenizer.fit(SpectralFeatures({"kind": "mfcc"}), wavs, 32, epochs=5)
     tok = SpeechTokenizer(sem, codec)
@@ -127,6 +135,7 @@ def test_speech_tokenizer_save_load(codec, wavs, tmp_path):
     cfg = read_config(tmp_path / "tok")
     assert (cfg["semantic_vocab_size"], cfg["num_codebooks"], cfg["codebook_size"]) == (32, 8, 64)
     tok2 = SpeechTokenizer.load(tmp_path / "tok")
+    assert (cfg["sample_rate"], cfg["frame_rate"]) == (SAMPLE_RATE, FRAME_RATE) == (tok2.sample_rate, tok2.frame_rate)
     for a, b in zip(frames, tok2.encode(wavs[:3])):
         assert np.array_equal(a, b)
     assert tok2.decode(frames[0]).shape == (frames[0].shape[0] * 320,)

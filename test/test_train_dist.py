@@ -9,6 +9,7 @@ from their engine-native sharded checkpoints.
 """
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,14 +40,14 @@ def _max_diff(a, b):
     return {k: (a[k] - b[k]).abs().max().item() for k in a}
 
 
-def _run(root, dirs, name, overrides, resume_half=False, env=None):
+def _run(root, dirs, name, overrides, resume_half=False, entry=None):
     exp = root / name
     cfg = train_yaml(root / f"{name}.yaml", exp, dirs, **OVER)
     if resume_half:
-        r = run_train(cfg, *overrides, f"stop_after={STEPS // 2}", nproc=2, env_extra=env)
+        r = run_train(cfg, *overrides, f"stop_after={STEPS // 2}", nproc=2, entry=entry)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "stopped at step 2" in r.stderr
-    r = run_train(cfg, *overrides, nproc=2, env_extra=env)
+    r = run_train(cfg, *overrides, nproc=2, entry=entry)
     assert r.returncode == 0, r.stderr[-3000:]
     if resume_half:
         assert "resuming from" in r.stderr
@@ -79,10 +80,11 @@ def test_two_ranks_equal_one_rank(setup, engine):
 
 
 def test_unreduced_head_gradient_is_caught(setup):
-    """Fault injection: DDP leaves the output head's gradient unreduced across ranks."""
+    """Fault injection (by the test's own entry point): DDP leaves the output head's gradient unreduced across ranks."""
     root, dirs, refs = setup
     ref = refs[2]
-    exp = _run(root, dirs, "ddp_fault", ["engine.name=ddp"], env={"SPEECHLM_FAULT_UNSYNCED_PARAMS": "lm.lm_head."})
+    script = str(Path(__file__).with_name("train_with_unsynced_params.py"))
+    exp = _run(root, dirs, "ddp_fault", ["engine.name=ddp"], entry=[script, "--unsynced", "lm.lm_head."])
     diff = _max_diff(final_weights(exp), final_weights(ref))
     assert diff["lm.lm_head.weight"] > 1e-4  # the tolerance of test_two_ranks_equal_one_rank is 1e-5
 

@@ -250,6 +250,29 @@ def test_engine_options_activation_checkpointing_bf16_packing(data):
     assert h[0]["loss"] > ref[0]
 
 
+def test_train_and_save_pretrained_leave_their_configs_as_they_were(data, tmp_path):
+    """Packing without pack_len, activation checkpointing and the model's own
+    config used to be written into the caller's objects."""
+    import copy
+
+    root, dirs = data
+    cfg = _cfg(root, dirs, "nomut", **{"schedule.total_steps": 1, "checkpoint.every": 1, "data.packing": True,
+                                       "engine.activation_checkpointing": True})
+    before = copy.deepcopy(cfg)
+    out = train(cfg)
+    assert cfg == before and cfg.data.pack_len == 0 and not cfg.model.speechlm.gradient_checkpointing
+    model = out["model"]
+    assert model.lm.is_activation_checkpointing  # applied by the engine, not recorded in the model's config
+    model.cfg.vocab_fingerprint = ""
+    mc = copy.deepcopy(model.cfg)
+    model.save_pretrained(tmp_path / "m")
+    assert model.cfg == mc
+    from espnet2_speechlm import config as cfgmod
+
+    saved = cfgmod.load(type(mc), tmp_path / "m" / "speechlm.yaml")
+    assert saved.vocab_fingerprint == model.vocab.fingerprint() and not saved.gradient_checkpointing
+
+
 def test_init_from_text_llm_and_pretrained(data, reference, tmp_path):
     """model.init=llm goes through from_text_llm (a saved Hugging Face body), init=pretrained through from_pretrained."""
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -83,13 +83,15 @@ def train_yaml(path: Path, exp: Path, data: dict, **over) -> Path:
     return path
 
 
-def run_train(config: Path, *overrides, nproc: int = 1, timeout: int = 300, env_extra=None) -> subprocess.CompletedProcess:
+def run_train(config: Path, *overrides, nproc: int = 1, timeout: int = 300, env_extra=None, entry=None) -> subprocess.CompletedProcess:
+    """``bin.train`` (or ``entry``: a script and its leading arguments) on ``nproc`` ranks."""
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", **(env_extra or {}))
+    entry = list(entry or ["-m", "espnet2_speechlm.bin.train"])
     if nproc == 1:
-        cmd = [PY, "-m", "espnet2_speechlm.bin.train", "--config", str(config), *overrides]
+        cmd = [PY, *entry, "--config", str(config), *overrides]
     else:
         torchrun = str(Path(PY).parent / "torchrun")
-        cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "espnet2_speechlm.bin.train", "--config", str(config), *overrides]
+        cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", *entry, "--config", str(config), *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -18,6 +18,10 @@ Outputs in ``out_dir``: ``text`` (asr, textlm: ``utt hypothesis``), ``wav.scp`` 
 tokens (flattened int32, as the dump stores them), ``decode.yaml`` (the config
 used) and ``.done``.  Work is split into ``nj`` jobs run by ``--cmd``; a job
 that finished is not run again.
+
+A ``--token_scp`` whose ``tokenizer.json`` (written by the dump stage) does not
+fit the model's vocabulary, or names another speech tokenizer than the one
+packed with the model, is refused before any job starts.
 """
 
 from __future__ import annotations
@@ -76,7 +80,9 @@ def utterance_ids(args) -> list[str]:
 
             ids = list(TokenReader(args.token_scp))
         elif args.data_dir:
-            ids = [it.utt for it in __import__("espnet2_speechlm.tokenizers.audio", fromlist=["x"]).read_data_dir(args.data_dir)]
+            from ..tokenizers.audio import read_data_dir
+
+            ids = [it.utt for it in read_data_dir(args.data_dir)]
         else:
             raise SystemExit(f"ERROR: --task {args.task} needs --token_scp or --data_dir")
     else:
@@ -89,16 +95,35 @@ def utterance_ids(args) -> list[str]:
     return ids[: args.max_utts] if args.max_utts else ids
 
 
+def check_token_dump(args) -> None:
+    """Tokens dumped by another speech tokenizer than the model's are refused
+    before any job runs: the model would decode ids that mean something else."""
+    from ..tokenizers.speech import TOKENIZER_FILE, TokenizerMismatchError, check_fits_vocab, check_same_tokenizer
+
+    dump_cfg = Path(args.token_scp).parent / TOKENIZER_FILE
+    model_tok = Path(args.model_dir) / "speech_tokenizer"
+    if not dump_cfg.exists():
+        log(f"{args.token_scp}: no {TOKENIZER_FILE} beside it; the tokenizer that made it is not checked")
+        return
+    try:
+        check_fits_vocab(dump_cfg, Path(args.model_dir) / "vocab.json")
+        if (model_tok / TOKENIZER_FILE).exists():
+            check_same_tokenizer(dump_cfg, model_tok)
+    except (TokenizerMismatchError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"ERROR: --token_scp {args.token_scp} does not fit --model_dir {args.model_dir}: {e}") from None
+
+
 def load_decode_config(args, lm):
     from .. import config as cfgmod
-    from ..infer.api import DecodeConfig
+    from ..infer.api import DecodeConfig, upgrade_decode_dict, upgrade_decode_override
 
     base = getattr(lm.defaults, args.task)
+    overrides = [upgrade_decode_override(o) for o in args.override]
     if args.config:
-        data = cfgmod.apply_overrides(cfgmod.load_yaml(args.config), args.override)
-        return cfgmod.from_dict(DecodeConfig, data, args.config)
-    if args.override:
-        data = cfgmod.apply_overrides(cfgmod.to_dict(base), args.override)
+        data = upgrade_decode_dict(cfgmod.load_yaml(args.config) or {}, args.config)
+        return cfgmod.from_dict(DecodeConfig, cfgmod.apply_overrides(data, overrides), args.config)
+    if overrides:
+        data = cfgmod.apply_overrides(cfgmod.to_dict(base), overrides)
         return cfgmod.from_dict(DecodeConfig, data, "decode config")
     return base
 
@@ -155,10 +180,15 @@ def run_job(args, job: int, ids: list[str]) -> None:
         prompts = None
         if args.speaker_prompt == "same_speaker":
             prompts = [speech_of(p) for p in same_speaker_prompts(args, ids)]
-        out_frames = lm.tts_tokens([texts[u] for u in ids], prompts, cfg)
+        scorer = None
+        if cfg.nbest > 1:  # keep the candidate whose Whisper transcript has the lowest WER
+            from ..score.whisper import wer_scorer
+
+            scorer = wer_scorer()
+        out_frames = lm.tts_tokens([texts[u] for u in ids], prompts, cfg, scorer)
         gen = dict(zip(ids, out_frames))
     elif args.task == "textlm":
-        prompts, keep = [], []
+        prompts = []
         for u in ids:
             t = lm.encode_text(texts[u])
             k = max(1, int(len(t) * args.prompt_ratio))
@@ -166,7 +196,7 @@ def run_job(args, job: int, ids: list[str]) -> None:
         res = lm.continue_text_batch([lm.text_tokenizer.decode(p.tolist()) for p in prompts], cfg)
         hyps = dict(zip(ids, res))
     else:  # audiolm
-        frames = [speech_of(u)[: max(1, int(args.prompt_seconds * 50))] for u in ids]
+        frames = [speech_of(u)[: max(1, int(args.prompt_seconds * lm.frame_rate))] for u in ids]
         conts = lm.continue_speech_tokens(frames, cfg)
         gen = {u: np.concatenate([f, c]) for u, f, c in zip(ids, frames, conts)}
 
@@ -175,12 +205,12 @@ def run_job(args, job: int, ids: list[str]) -> None:
     if gen:
         (out / "wav").mkdir()
         lines = []
-        with kaldiio.WriteHelper(f"ark,scp:{out / 'tokens.ark'},{out / 'tokens.scp'}") as w:
+        with kaldiio.WriteHelper(f"ark,scp:{out.resolve() / 'tokens.ark'},{out / 'tokens.scp'}") as w:
             for u in ids:
                 w(u, flatten_frames(gen[u]))
                 wav = lm.decode_speech(gen[u])
                 path = (out / "wav" / f"{u}.wav").resolve()
-                sf.write(path, wav, 16000)
+                sf.write(path, wav, lm.sample_rate)
                 lines.append(f"{u} {path}")
         write_lines_atomic(out / "wav.scp", lines)
     (out / DONE).write_text(f"{len(ids)} utterances in {time.time() - t0:.1f}s\n")
@@ -245,6 +275,8 @@ def input_identity(args) -> dict:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
+    if args.token_scp and not args.job:
+        check_token_dump(args)
     ids = utterance_ids(args)
     args.nj = max(1, min(args.nj, len(ids)))
     parts = [ids[(j * len(ids)) // args.nj : ((j + 1) * len(ids)) // args.nj] for j in range(args.nj)]

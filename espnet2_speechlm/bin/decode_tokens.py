@@ -55,9 +55,9 @@ def main(argv=None) -> int:
         wav = tok.decode(table[u])
         path = out / f"{u}.wav"
         tmp = out / f".{u}.tmp.wav"
-        sf.write(tmp, np.clip(wav, -1, 1), 16000, subtype="PCM_16")
+        sf.write(tmp, np.clip(wav, -1, 1), tok.sample_rate, subtype="PCM_16")
         tmp.replace(path)
-        secs += len(wav) / 16000
+        secs += len(wav) / tok.sample_rate
         lines.append(f"{u} {path.resolve()}")
     write_lines_atomic(out / "wav.scp", lines)
     print(f"[decode_tokens] wrote {len(utts)} wav files ({secs:.1f} s of audio) to {out} in {time.time() - t0:.1f} s", file=sys.stderr)

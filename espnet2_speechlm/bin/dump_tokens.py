@@ -103,7 +103,7 @@ def run_job(args, job: int) -> int:
     import numpy as np
     import torch
 
-    from ..tokenizers.audio import AudioError, iter_audio, read_data_dir
+    from ..tokenizers.audio import SAMPLE_RATE, AudioError, iter_audio, read_data_dir
     from ..tokenizers.speech import SpeechTokenizer
     from ..tokenizers.token_io import flatten_frames, write_lines_atomic
 
@@ -128,12 +128,13 @@ def run_job(args, job: int) -> int:
     log(f"job {job}/{args.nj}: {len(items)} utterances, device {device}, tokenizer loaded in {time.time() - t0:.1f} s")
 
     (out / "data").mkdir(exist_ok=True)
-    ark = out / "data" / f"tokens.{job}.ark"
+    # absolute: tokens.scp names this file, and is read from other directories than this one
+    ark = (out / "data" / f"tokens.{job}.ark").resolve()
     scp_tmp = split / f"{job}.scp.tmp"
     frames_of: dict[str, int] = {}
     bad: list[AudioError] = []
     audio_sec = 0.0
-    max_batch = int(args.batch_seconds * 16000)
+    max_batch = int(args.batch_seconds * SAMPLE_RATE)
     try:
         from tqdm import tqdm
 
@@ -163,7 +164,7 @@ def run_job(args, job: int) -> int:
                 for (utt, wav), fr in zip(batch, frames):
                     writer[utt] = flatten_frames(fr)
                     frames_of[utt] = int(fr.shape[0])
-                    audio_sec += len(wav) / 16000
+                    audio_sec += len(wav) / SAMPLE_RATE
                 if bar:
                     bar.update(len(batch))
                 i = j
@@ -188,16 +189,21 @@ def run_job(args, job: int) -> int:
 
 # --------------------------------------------------------------- orchestrator
 def run_all(args) -> int:
-    from ..tokenizers.audio import read_data_dir
-    from ..tokenizers.speech import read_config, write_config
+    from ..tokenizers.audio import FRAME_RATE, DataDirError, read_data_dir
+    from ..tokenizers.speech import fingerprint as tokenizer_fingerprint, read_config, write_config
     from ..tokenizers.token_io import write_lines_atomic
 
     t0 = time.time()
     data_dir, out = Path(args.data_dir), Path(args.out_dir)
-    items = read_data_dir(data_dir)
+    try:
+        items = read_data_dir(data_dir)
+        cfg = read_config(args.tokenizer_dir)
+    except (DataDirError, FileNotFoundError, ValueError) as e:
+        # the same message stage 2 gives for the same bad file, not a traceback
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     if not items:
         raise SystemExit(f"ERROR: {data_dir / 'wav.scp'} lists no utterances")
-    cfg = read_config(args.tokenizer_dir)
     cfg_text = json.dumps(cfg, sort_keys=True)
     if args.nj > len(items):
         log(f"nj={args.nj} > {len(items)} utterances; using nj={len(items)}")
@@ -270,11 +276,14 @@ def run_all(args) -> int:
         write_lines_atomic(out / "skipped_utts", skipped)
         if skipped:
             log(f"skipped {len(skipped)} bad utterance(s), listed in {out / 'skipped_utts'}")
-    out_cfg = dict(cfg, tokenizer_dir=str(Path(args.tokenizer_dir).resolve()), data_dir=str(data_dir.resolve()))
+    # the fingerprint lets decoding tell these tokens from another tokenizer's, even after
+    # the tokenizer directory is fitted again in place
+    out_cfg = dict(cfg, tokenizer_dir=str(Path(args.tokenizer_dir).resolve()), data_dir=str(data_dir.resolve()),
+                   fingerprint=tokenizer_fingerprint(cfg))
     write_config(out, out_cfg)
     write_lines_atomic(out / DONE, [fp])
     frames = sum(int(v) for v in u2n.values())
-    log(f"wrote {out / 'tokens.scp'} ({len(order)} utterances, {frames} frames = {frames / 50 / 3600:.2f} h) in {time.time() - t0:.1f} s")
+    log(f"wrote {out / 'tokens.scp'} ({len(order)} utterances, {frames} frames = {frames / cfg.get('frame_rate', FRAME_RATE) / 3600:.2f} h) in {time.time() - t0:.1f} s")
     return 0
 
 

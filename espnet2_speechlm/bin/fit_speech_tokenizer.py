@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     import torch
 
-    from ..tokenizers.audio import AudioError, iter_audio, read_data_dir
+    from ..tokenizers.audio import SAMPLE_RATE, AudioError, iter_audio, read_data_dir
     from ..tokenizers.semantic import ESPnetSSLFeatures, SemanticTokenizer, read_centers
     from ..tokenizers.speech import SpeechTokenizer
     from ..tokenizers.features import SpectralFeatures
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
             bad.append(wav)
             continue
         wavs.append(wav)
-        total += len(wav) / 16000
+        total += len(wav) / SAMPLE_RATE
         if total >= args.max_seconds:
             break
     if bad:

@@ -4,7 +4,11 @@
 
 Writes ``<out_prefix>.model`` / ``.vocab`` (the ``.model`` last, atomically).
 Recipes that start from a pretrained LLM use its Hugging Face tokenizer
-directory instead and need no fitting.
+directory instead and need no fitting.  With ``--byte_fallback`` (the
+recipes' default, ``--bpe_byte_fallback true``) a character never seen in
+the fitting text becomes its UTF-8 byte pieces instead of ``<unk>``, so dev
+and test text with new characters still tokenises; it takes 256 ids of the
+vocabulary.
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from ..tokenizers.text import read_kaldi_text, train_bpe
 
-    texts = read_kaldi_text(args.text)
-    tok = train_bpe(texts, args.out_prefix, args.vocab_size, args.model_type, args.character_coverage, args.byte_fallback, args.seed)
+    try:
+        texts = read_kaldi_text(args.text)
+        tok = train_bpe(texts, args.out_prefix, args.vocab_size, args.model_type, args.character_coverage, args.byte_fallback, args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     print(f"[fit_text_tokenizer] {tok.vocab_size} pieces -> {tok.path}", file=sys.stderr)
     return 0
 

@@ -3,12 +3,15 @@
     python -m espnet2_speechlm.bin.format_data --in_dir data/train --out_dir dump/raw/train \\
         --min_seconds 0.5 --max_seconds 20
 
-Checks, each failure naming the file and the line: every ``wav.scp`` entry
-that is a plain path exists; ``text`` has no empty transcript; the
-utterance ids of ``wav.scp`` (or ``segments``), ``text`` and ``utt2spk``
-agree; no id is duplicated.  Then each utterance's duration is measured
-(headers for plain files; pipes and arks are decoded) and utterances outside
-``[min_seconds, max_seconds]`` are dropped and listed in ``dropped_utts``.
+Checks, each failure naming the file and the line: every file is UTF-8;
+every ``wav.scp`` entry that is a plain path exists; ``text`` has no empty
+transcript; the utterance ids of ``wav.scp`` (or ``segments``), ``text`` and
+``utt2spk`` agree; no id is duplicated; every segment ends after it starts
+and lies inside its recording (an end up to ``SEGMENT_OVERSHOOT`` seconds
+past the recording's end, as rounded times give, is cut to it).  Then each
+utterance's duration is measured (headers for plain files; pipes and arks
+are decoded) and utterances outside ``[min_seconds, max_seconds]`` are
+dropped and listed in ``dropped_utts``.
 
 Writes ``wav.scp``, ``text``, ``utt2spk``, ``segments`` (filtered copies),
 ``utt2dur`` and ``.done`` into ``out_dir``; the files are written to
@@ -26,6 +29,9 @@ from pathlib import Path
 
 class DataError(ValueError):
     pass
+
+
+SEGMENT_OVERSHOOT = 0.5  # seconds a segment may end past its recording (cut to the recording's end)
 
 
 def log(msg: str) -> None:
@@ -61,22 +67,54 @@ def check_ids(name_a: Path, ids_a: dict, name_b: Path, ids_b: dict) -> None:
 
 
 def duration(item) -> float:
-    """Seconds of one utterance: from the segment, the file header, or by decoding."""
+    """Seconds of one utterance: from the file header, or by decoding."""
     import soundfile as sf
 
-    from ..tokenizers.audio import load_item
+    from ..tokenizers.audio import SAMPLE_RATE, load_item
 
-    if item.end is not None:
-        return item.end - item.start
     spec = item.spec.strip()
     if not spec.endswith("|") and os.path.exists(spec):
         info = sf.info(spec)
         return info.frames / info.samplerate - item.start
-    return len(load_item(item)) / 16000.0
+    return len(load_item(item)) / SAMPLE_RATE
+
+
+def segment_durations(seg_path: Path, wav_scp: Path, wav_rows) -> dict[str, float]:
+    """Seconds of each segment, checked against its recording: a segment that
+    ends before it starts, or starts (or ends) past the end of its recording,
+    is an error naming the segments file and line, not an utterance dropped
+    by length here or a failure in the token dump."""
+    from ..tokenizers.audio import AudioError, AudioItem
+
+    recs = {k: (v, n) for k, v, n in wav_rows}
+    rec_len: dict[str, float] = {}
+    out = {}
+    for utt, rest, lineno in _table(seg_path):
+        rec, s, e = rest.split()  # the format was checked by read_data_dir
+        start, end = float(s), float(e)
+        where = f"{seg_path}: line {lineno}: segment {utt!r}"
+        if start < 0:
+            raise DataError(f"{where} starts at {start} s, before the recording")
+        if end >= 0 and end <= start:
+            raise DataError(f"{where} ends at {end} s, not after its start ({start} s)")
+        if rec not in rec_len:
+            spec, n = recs[rec]
+            try:
+                rec_len[rec] = duration(AudioItem(rec, spec))
+            except AudioError as err:
+                raise DataError(f"{wav_scp}: line {n}: {err}") from None
+            except Exception as err:
+                raise DataError(f"{wav_scp}: line {n}: recording {rec!r}: cannot read audio: {err}") from None
+        length = rec_len[rec]
+        if start >= length or end > length + SEGMENT_OVERSHOOT:
+            raise DataError(f"{where} [{start}, {end}] s lies past the end of recording {rec!r} "
+                            f"({length:.3f} s, {wav_scp}: line {recs[rec][1]})")
+        out[utt] = (length if end < 0 else min(end, length)) - start
+    return out
 
 
 def format_dir(in_dir: Path, out_dir: Path, min_seconds: float, max_seconds: float, need_text: bool = True) -> dict:
-    from ..tokenizers.audio import AudioError, read_data_dir
+    from ..tokenizers.audio import AudioError, DataDirError, read_data_dir
 
     t0 = time.time()
     wav_scp = in_dir / "wav.scp"
@@ -87,7 +125,10 @@ def format_dir(in_dir: Path, out_dir: Path, min_seconds: float, max_seconds: flo
         s = spec.strip()
         if not s.endswith("|") and not (":" in s and s.rsplit(":", 1)[1].isdigit()) and not os.path.exists(s):
             raise DataError(f"{wav_scp}: line {lineno}: audio file of utterance {key!r} not found: {s}")
-    items = read_data_dir(in_dir)
+    try:
+        items = read_data_dir(in_dir)
+    except DataDirError as e:
+        raise DataError(str(e)) from None
     utt_lines = {it.utt: i + 1 for i, it in enumerate(items)}
     utt_src = in_dir / ("segments" if (in_dir / "segments").exists() else "wav.scp")
     text_rows = []
@@ -100,6 +141,7 @@ def format_dir(in_dir: Path, out_dir: Path, min_seconds: float, max_seconds: flo
     if (in_dir / "utt2spk").exists():
         spk_rows = _table(in_dir / "utt2spk")
         check_ids(utt_src, utt_lines, in_dir / "utt2spk", {k: n for k, _, n in spk_rows})
+    seg_durs = segment_durations(in_dir / "segments", wav_scp, wav_rows) if (in_dir / "segments").exists() else {}
 
     durs, dropped, bad = {}, [], []
     try:
@@ -110,7 +152,7 @@ def format_dir(in_dir: Path, out_dir: Path, min_seconds: float, max_seconds: flo
         it = items
     for item in it:
         try:
-            d = duration(item)
+            d = seg_durs[item.utt] if item.utt in seg_durs else duration(item)
         except AudioError as e:
             bad.append(str(e))
             continue

@@ -13,7 +13,7 @@ import sys
 
 
 def main() -> int:
-    from ..score import lm_eval_adapter  # noqa: F401  (registers the model)
+    from ..eval import lm_eval_adapter  # noqa: F401  (registers the model)
     from lm_eval.__main__ import cli_evaluate
 
     cli_evaluate()

@@ -17,16 +17,32 @@ import sys
 from pathlib import Path
 
 
+class TextSizeError(ValueError):
+    pass
+
+
 def text_block_size(path: Path) -> int:
     """Rows of the text block: the LLM's embedding size when ``path`` is a model
-    directory (it may exceed the tokenizer's length), else the tokenizer's size."""
+    directory (it may exceed the tokenizer's length), else the tokenizer's size.
+    A tokenizer with more ids than the embedding has rows is refused: its last
+    ids would have no row, or the row of another block."""
+    from ..tokenizers.text import load_text_tokenizer
+
     cfg = path / "config.json" if path.is_dir() else None
     if cfg is not None and cfg.exists():
         d = json.loads(cfg.read_text())
         if "vocab_size" in d:
-            return int(d["vocab_size"])
-    from ..tokenizers.text import load_text_tokenizer
-
+            rows = int(d["vocab_size"])
+            # the LLM's own tokenizer: Hugging Face files, or the sentencepiece model
+            # (and the tokenizer directory) that pretrain_text_lm copies beside it
+            tok = next((t for t in (path, path / "tokenizer.model", path / "tokenizer")
+                        if (t / "tokenizer.json").exists() or (t / "tokenizer_config.json").exists()
+                        or (t.suffix == ".model" and t.is_file())), None)
+            n = int(load_text_tokenizer(tok).vocab_size) if tok is not None else 0
+            if n > rows:
+                raise TextSizeError(f"{tok}: the tokenizer has {n} ids, but {cfg} has vocab_size {rows}: "
+                                    "its last ids would have no embedding row (is this the tokenizer of that model?)")
+            return rows
     return int(load_text_tokenizer(path).vocab_size)
 
 
@@ -39,8 +55,12 @@ def main(argv=None) -> int:
     p.add_argument("--text_tokenizer", required=True, help="HF LLM/tokenizer directory or sentencepiece .model")
     p.add_argument("--out", required=True, help="output vocab.json (or a directory)")
     args = p.parse_args(argv)
-    sp = read_config(args.speech_tokenizer)
-    text = text_block_size(Path(args.text_tokenizer))
+    try:
+        sp = read_config(args.speech_tokenizer)
+        text = text_block_size(Path(args.text_tokenizer))
+    except (TextSizeError, FileNotFoundError, ValueError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     vocab = JointVocab.build(
         {"semantic": sp["semantic_vocab_size"], "acoustic": sp["num_codebooks"] * sp["codebook_size"], "text": text},
         num_codebooks=sp["num_codebooks"],

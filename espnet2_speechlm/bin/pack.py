@@ -4,8 +4,10 @@
         --text_tokenizer exp/text_tokenizer/bpe.model --speech_tokenizer exp/speech_tokenizer \\
         [--decode_config conf/decode_defaults.yaml]
 
-``--checkpoint``: an experiment directory (its latest checkpoint is used),
-one checkpoint, or an exported model directory.  The result loads with
+``--checkpoint``: an experiment directory (its averaged model ``model_avg``
+when that was averaged up to its latest checkpoint, else the latest
+checkpoint), its ``checkpoints`` directory (the latest), one checkpoint, or
+an exported model directory; the one used is printed.  The result loads with
 ``SpeechLM.from_pretrained(out)`` on any machine (no absolute paths inside).
 """
 
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
         model_dir = find_model_dir(a.checkpoint)
         defaults = cfgmod.load(DecodeDefaults, a.decode_config) if a.decode_config else None
         out = pack(model_dir, a.out, a.text_tokenizer, a.speech_tokenizer, defaults)
-    except (FileNotFoundError, ValueError) as e:  # ConfigError and a tokenizer that does not fit are ValueErrors
+    except (FileNotFoundError, cfgmod.ConfigError, ValueError) as e:  # ValueError: tokenizers that do not fit
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     print(f"[pack] {model_dir} + tokenizers -> {out}", file=sys.stderr)

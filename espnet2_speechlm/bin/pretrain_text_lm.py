@@ -12,7 +12,7 @@ The config (strict keys)::
     hf_config: {model_type: llama, hidden_size: 256, num_hidden_layers: 6, ...}
     steps: 1500            batch_tokens: 8192      max_len: 96     pack_len: 0
     lr: 1.0e-3             warmup_steps: 100       min_lr_ratio: 0.1
-    weight_decay: 0.01     precision: bf16         seed: 0
+    weight_decay: 0.01     precision: auto         seed: 0
     valid_lines: 200       threads: 0              repeat_fraction: 0.0
 
 Each line is one training row (right-padded; its first token has no
@@ -26,7 +26,7 @@ such distances.
 given as the line twice in one row: the second copy is best predicted by
 looking back, so the model learns to copy.  A speech LM started from a model
 that copies reaches a lower ASR loss sooner, reading the first word of the
-speech better (README, the small recipe's numbers, eighth session); copying
+speech better (the mini_espeak recipe's table of experiments); copying
 takes a few hundred steps to take hold.
 
 ``out_dir`` gets config.json + model.safetensors (written under a temporary
@@ -61,7 +61,7 @@ class TextLMConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
-    precision: str = "bf16"
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 only where the CPU computes it natively)
     seed: int = 0
     valid_lines: int = 200
     threads: int = 0
@@ -136,6 +136,7 @@ def main(argv=None) -> int:
     from ..tokenizers.audio import read_table
     from ..tokenizers.text import load_text_tokenizer
     from ..train.engines import decay_groups
+    from ..train.precision import resolve_precision
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML (TextLMConfig keys)")
@@ -154,7 +155,10 @@ def main(argv=None) -> int:
     t0 = time.time()
 
     tok = load_text_tokenizer(a.tokenizer)
-    lines = [v for _, v, _ in read_table(a.text, min_fields=1) if v.strip()]
+    try:
+        lines = [v for _, v, _ in read_table(a.text, min_fields=1) if v.strip()]
+    except ValueError as e:  # a line that is not UTF-8, a duplicate id: named with its line
+        raise SystemExit(f"ERROR: {e}") from None
     if len(lines) <= cfg.valid_lines:
         raise SystemExit(f"ERROR: {a.text}: {len(lines)} lines, need more than valid_lines={cfg.valid_lines}")
     rows = [np.asarray(tok.encode(t)[: cfg.max_len], dtype=np.int64) for t in lines]
@@ -175,7 +179,8 @@ def main(argv=None) -> int:
     model = AutoModelForCausalLM.from_config(conf, attn_implementation="sdpa")
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters ({conf.model_type})")
     opt = torch.optim.AdamW(decay_groups(model.parameters(), cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    bf16 = cfg.precision == "bf16"
+    bf16 = resolve_precision(cfg.precision, "cpu") == "bf16"
+    log(f"precision {'bf16' if bf16 else 'fp32'} (config: {cfg.precision})")
     it = batches(train, cfg.batch_tokens, rng)
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +208,7 @@ def main(argv=None) -> int:
     logf.close()
 
     model.eval()
-    from ..score.text_ability import hf_logprobs, perplexity
+    from ..eval.text_ability import hf_logprobs, perplexity
 
     ppl, n = perplexity(hf_logprobs(model, [r.tolist() for r in valid]))
     log(f"validation perplexity {ppl:.3f} over {n} tokens")

@@ -3,7 +3,7 @@
     python -m espnet2_speechlm.bin.score_ppl --model_dir exp/speechlm/pack --text dump/raw/test/text \\
         --out_dir exp/speechlm/ppl_test [--hf_llm_dir exp/text_llm]
 
-Every line's tokens after the first are scored (see score/text_ability.py),
+Every line's tokens after the first are scored (see eval/text_ability.py),
 so the speech LM's and the text LLM's perplexities compare directly; with
 ``--hf_llm_dir`` both rows are written, plus their ratio.  Writes
 RESULTS.md / results.json into ``--out_dir``.
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     from ..infer.api import SpeechLM
     from ..score.results import make_row, write_results
-    from ..score.text_ability import hf_logprobs, perplexity, speech_logprobs, speechlm_logprobs
+    from ..eval.text_ability import hf_logprobs, perplexity, speech_logprobs, speechlm_logprobs
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", required=True, help="packed speech LM directory")

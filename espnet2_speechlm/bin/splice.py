@@ -12,7 +12,7 @@ or with every file named (``--tokens``, ``--utt2num_frames``, ``--text``, ``--ut
         --out dump/splice/train_asr [--utt2spk data/train/utt2spk --splice_budget 3000] \
         [--speaker_prompt_len 500] [--max_len 4000] [--loss_region target]
 
-The format of the output is described in ``espnet2_speechlm/data/splice.py``.
+The format of the output is described in ``espnet2_speechlm/data/datadir.py``.
 """
 
 from __future__ import annotations

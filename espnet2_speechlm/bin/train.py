@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     )
     from ..config import ConfigError
     from ..data.loader import DataError
-    from ..data.splice import SpliceError
+    from ..data.datadir import SpliceError
     from ..model.speechlm import ContextLengthError
     from ..train import config as tc
     from ..train.trainer import NonFiniteLoss, train

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..interleave import delay_into, delayed_length
 from ..tasks import SplicedSequence
 from ..vocab import PAD
 
@@ -24,7 +25,7 @@ def collate(seqs: Sequence[SplicedSequence], pad_to_multiple: int = 1) -> dict:
     if not seqs:
         raise ValueError("collate: empty batch")
     N = seqs[0].frames.shape[1]
-    lengths = np.array([len(s.frames) + N - 1 for s in seqs], dtype=np.int64)
+    lengths = np.array([delayed_length(len(s.frames), N) for s in seqs], dtype=np.int64)
     S = int(lengths.max())
     if pad_to_multiple > 1:
         S = -(-S // pad_to_multiple) * pad_to_multiple
@@ -32,22 +33,10 @@ def collate(seqs: Sequence[SplicedSequence], pad_to_multiple: int = 1) -> dict:
     steps = np.full((B, S, N), PAD, dtype=np.int64)
     mask = np.zeros((B, S, N), dtype=bool)
     for b, s in enumerate(seqs):
-        fr, lm = s.frames, s.loss_mask
-        if fr.shape[1] != N:
-            raise ValueError(f"collate: sequence {b} has {fr.shape[1]} streams, the first has {N}")
-        T = len(fr)
-        for n in range(N):
-            steps[b, n : n + T, n] = fr[:, n]
-            mask[b, n : n + T, n] = lm
-    attn = (np.arange(S)[None, :] < lengths[:, None]).astype(np.int64)
-    return {
-        "steps": torch.from_numpy(steps),
-        "loss_mask": torch.from_numpy(mask),
-        "attention_mask": torch.from_numpy(attn),
-        "lengths": torch.from_numpy(lengths),
-        "prefix_lens": torch.tensor([s.prefix_len for s in seqs], dtype=torch.long),
-        "num_pad_steps": int(B * S - lengths.sum()),
-    }
+        _check_streams(s, N, f"collate: sequence {b}")
+        delay_into(steps[b], s.frames)
+        delay_into(mask[b], s.loss_mask)
+    return _batch(steps, mask, lengths, [s.prefix_len for s in seqs])
 
 
 def collate_packed(rows: Sequence[Sequence[SplicedSequence]], row_len: int | None = None) -> dict:
@@ -66,7 +55,7 @@ def collate_packed(rows: Sequence[Sequence[SplicedSequence]], row_len: int | Non
     if not rows or not all(rows):
         raise ValueError("collate_packed: empty batch or empty row")
     N = rows[0][0].frames.shape[1]
-    lengths = np.array([sum(len(s.frames) + N - 1 for s in r) for r in rows], dtype=np.int64)
+    lengths = np.array([sum(delayed_length(len(s.frames), N) for s in r) for r in rows], dtype=np.int64)
     S = int(max(lengths.max(), row_len or 0))
     B = len(rows)
     steps = np.full((B, S, N), PAD, dtype=np.int64)
@@ -75,26 +64,30 @@ def collate_packed(rows: Sequence[Sequence[SplicedSequence]], row_len: int | Non
     for b, r in enumerate(rows):
         o = 0
         for s in r:
-            fr, lm = s.frames, s.loss_mask
-            if fr.shape[1] != N:
-                raise ValueError(f"collate_packed: a sequence has {fr.shape[1]} streams, the first has {N}")
-            T = len(fr)
-            for n in range(N):
-                steps[b, o + n : o + n + T, n] = fr[:, n]
-                mask[b, o + n : o + n + T, n] = lm
-            mask[b, o, :] = False
-            L = T + N - 1
+            _check_streams(s, N, "collate_packed: a sequence")
+            delay_into(steps[b], s.frames, start=o)
+            delay_into(mask[b], s.loss_mask, start=o)
+            mask[b, o, :] = False  # its first step would be "predicted" from the previous sequence
+            L = delayed_length(len(s.frames), N)
             pos[b, o : o + L] = np.arange(L)
             o += L
         pos[b, o:] = np.arange(S - o)
+    return {**_batch(steps, mask, lengths, [r[0].prefix_len for r in rows]), "position_ids": torch.from_numpy(pos), "packed": True}
+
+
+def _batch(steps: np.ndarray, mask: np.ndarray, lengths: np.ndarray, prefix_lens: list[int]) -> dict:
+    B, S, _ = steps.shape
     attn = (np.arange(S)[None, :] < lengths[:, None]).astype(np.int64)
     return {
         "steps": torch.from_numpy(steps),
         "loss_mask": torch.from_numpy(mask),
         "attention_mask": torch.from_numpy(attn),
-        "position_ids": torch.from_numpy(pos),
         "lengths": torch.from_numpy(lengths),
-        "prefix_lens": torch.tensor([r[0].prefix_len for r in rows], dtype=torch.long),
+        "prefix_lens": torch.tensor(prefix_lens, dtype=torch.long),
         "num_pad_steps": int(B * S - lengths.sum()),
-        "packed": True,
     }
+
+
+def _check_streams(seq: SplicedSequence, N: int, what: str) -> None:
+    if seq.frames.shape[1] != N:
+        raise ValueError(f"{what} has {seq.frames.shape[1]} streams, the first has {N}")

@@ -35,9 +35,10 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..interleave import delayed_length, loss_frames
 from ..vocab import PAD, JointVocab
 from .collate import collate, collate_packed
-from .splice import DataDir, SpliceError
+from .datadir import DataDir, SpliceError
 
 
 class DataError(ValueError):
@@ -60,9 +61,8 @@ class Mixture:
             v0.check_matches(d.vocab, f"data directory {d.path} (vs {self.dirs[0].path})")
         self.vocab: JointVocab = v0
         self.offsets = np.cumsum([0] + [len(d) for d in self.dirs])
-        N = v0.num_streams
-        # lengths in LM steps (frames + N - 1 delay steps)
-        self.steps = np.concatenate([d.lengths for d in self.dirs]) + N - 1
+        # lengths in LM steps, what the batch budget counts
+        self.steps = delayed_length(np.concatenate([d.lengths for d in self.dirs]), v0.num_streams)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -219,11 +219,10 @@ class BatchDataset(Dataset):
             batch = collate([r[0] for r in rows], self.pad_to_multiple)
         batch["ids"] = [self.mix.example_id(g) for row in mb for g in row]
         batch["position"] = (epoch, offset, accum)
-        steps, lm, am = batch["steps"], batch["loss_mask"], batch["attention_mask"]
-        # the frames the model's loss counts (its num_frames), known before the forward so
-        # that the trainer can normalise every rank's loss by the global count
-        batch["loss_frames"] = int((lm[:, 1:, 0] & (steps[:, 1:, 0] != PAD) & am[:, 1:].bool()).sum())
-        batch["real_steps"] = int(am.sum())
+        # the frames the model's loss counts, known before the forward so that the
+        # trainer can normalise every rank's loss by the count of the global batch
+        batch["loss_frames"] = int(loss_frames(batch["steps"], batch["loss_mask"], batch["attention_mask"], PAD))
+        batch["real_steps"] = int(batch["attention_mask"].sum())
         return batch
 
     def __len__(self):  # pragma: no cover - sized by the sampler

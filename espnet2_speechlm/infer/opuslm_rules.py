@@ -37,8 +37,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..interleave import delay, undelay
+from ..interleave import undelay
 from ..vocab import PAD, SOS_EOS
+from .config import GenerationResult
+from .prompts import left_padded_prompts, length_limits
 
 NEG = float("-inf")
 
@@ -202,6 +204,16 @@ def select_output(rows: np.ndarray, modality: str, vocab) -> tuple[np.ndarray, n
     return local, frames, bool(len(ends))
 
 
+def speaker_window(frames: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A speaker prompt of at most ``length`` frames: a random window of a longer
+    utterance, as the release's training data cut them (not its first frames)."""
+    frames = np.asarray(frames)
+    if len(frames) <= length:
+        return frames
+    start = int(rng.integers(0, len(frames) - length + 1))
+    return frames[start : start + length]
+
+
 def pad_speaker_prompt(prompt: np.ndarray, got: int, length: int) -> np.ndarray:
     """A TTS prompt whose speaker segment has ``got`` frames, made to hold
     ``length`` as the release's are: zero rows after the speaker frames.  They
@@ -213,27 +225,10 @@ def pad_speaker_prompt(prompt: np.ndarray, got: int, length: int) -> np.ndarray:
     return np.concatenate([prompt[:-1], zeros, prompt[-1:]])
 
 
-def _left_padded(model, prompts, device):
-    N = model.vocab.num_streams
-    for b, p in enumerate(prompts):
-        if p.ndim != 2 or p.shape[1] != N:
-            raise ValueError(f"prompt {b}: expected [P, {N}] frames, got shape {p.shape}")
-        model.check_length(len(p), f"prompt {b}")
-    P = np.array([len(p) for p in prompts])
-    L = int(P.max())
-    steps = torch.full((len(prompts), L, N), PAD, dtype=torch.long, device=device)
-    attn = torch.zeros((len(prompts), L), dtype=torch.long, device=device)
-    for b, p in enumerate(prompts):
-        steps[b, L - P[b] :] = delay(torch.as_tensor(np.asarray(p), dtype=torch.long, device=device), PAD)[: P[b]]
-        attn[b, L - P[b] :] = 1
-    return P, steps, attn
-
-
 @torch.no_grad()
-def generate_release(model, prompts: Sequence[np.ndarray], modality, cfg, min_len=None, max_len=None):
+def generate_release(model, prompts: Sequence[np.ndarray], modality, cfg, input_lens=None):
     """``generate.generate`` for models with the release's convention (same
-    arguments, same :class:`~.generate.GenerationResult` list)."""
-    from .generate import GenerationResult
+    arguments, same :class:`~.config.GenerationResult` list)."""
 
     B = len(prompts)
     if B == 0:
@@ -244,11 +239,10 @@ def generate_release(model, prompts: Sequence[np.ndarray], modality, cfg, min_le
     vocab, N = model.vocab, model.vocab.num_streams
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    P, steps, attn = _left_padded(model, prompts, device)
-    lo = np.array(min_len if min_len is not None else [cfg.min_len] * B)
-    hi = np.array(max_len if max_len is not None else [cfg.max_len] * B)
+    P, _, steps, attn = left_padded_prompts(model, prompts, device)
+    # cfg's limits and ratios, cut so that the forced stop and its flush fit the context
+    lo, hi = length_limits(model, P, cfg, input_lens)
     ctx = model.max_steps or 10**9
-    hi = np.minimum(hi, ctx - P - 1)  # the forced stop and its flush must fit the context
     if (hi < N).any():
         raise ValueError(f"prompt of {int(P.max())} frames leaves no room to generate in the context of {ctx}")
     rules = ReleaseRules.for_vocab(vocab, device)

@@ -9,6 +9,7 @@ a text-only sequence gives exactly the base LLM's logits on the text ids.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -90,9 +91,12 @@ def _resize_into(lm: nn.Module, vocab: JointVocab, cfg: ModelConfig, seed: int) 
         new_head.bias.data.copy_(b)
     lm.set_output_embeddings(new_head)
     lm.config.vocab_size = vocab.size
-    cfg.num_streams = vocab.num_streams
-    cfg.vocab_fingerprint = vocab.fingerprint()
-    return MultiStreamLM(lm, vocab, cfg)
+    return MultiStreamLM(lm, vocab, _for_vocab(cfg, vocab))
+
+
+def _for_vocab(cfg: ModelConfig, vocab: JointVocab) -> ModelConfig:
+    """A copy of ``cfg`` made for ``vocab`` (the caller's config is left as it is)."""
+    return dataclasses.replace(cfg, num_streams=vocab.num_streams, vocab_fingerprint=vocab.fingerprint())
 
 
 def random_body(hf_config: dict, vocab: JointVocab, cfg: ModelConfig | None = None, seed: int = 0) -> MultiStreamLM:
@@ -108,6 +112,4 @@ def random_body(hf_config: dict, vocab: JointVocab, cfg: ModelConfig | None = No
     lm = AutoModelForCausalLM.from_config(conf, attn_implementation=cfg.attn_implementation)
     with torch.no_grad():
         lm.get_input_embeddings().weight[PAD] = 0.0
-    cfg.num_streams = vocab.num_streams
-    cfg.vocab_fingerprint = vocab.fingerprint()
-    return MultiStreamLM(lm, vocab, cfg)
+    return MultiStreamLM(lm, vocab, _for_vocab(cfg, vocab))

@@ -9,14 +9,20 @@ from dataclasses import dataclass, field
 class LossWeights:
     """Per-token cross-entropy weights by the modality of the *target* token.
 
-    Defaults are the released OpusLM configs: one speech frame
-    (0.5 + 8 * 0.0625 = 1.0) weighs as much as one text token.
+    As in the released OpusLM configs, one speech frame (0.5 + 8 * 0.0625 = 1.0)
+    weighs as much as one text token.  Their special-token weight (10) is not
+    the default: those configs put the loss on the whole sequence, where
+    specials are a small share of the tokens.  With the loss on the targets
+    only (the default ``loss_region``) the closing ``<sos/eos>`` is about one
+    target token in eight, and weighted 10 it takes most of the gradient: a
+    small model then learns where a transcript ends long before what it says
+    (``bin/learning_probe.py``, ``test/test_learning_probe.py``).
     """
 
     text: float = 1.0
     semantic: float = 0.5
     acoustic: float = 0.0625
-    special: float = 10.0
+    special: float = 1.0
     pad: float = 0.0  # pad targets (streams >= 1 of text frames) are forced at decoding
 
 
@@ -50,6 +56,10 @@ class ModelConfig:
     # <pad> (the blank) and the text ids: the frames learn what they say directly,
     # instead of only through the text positions' attention
     ctc_weight: float = 0.0
+    # which hidden states the CTC loss scores: 0 the body's output (after its final norm); k > 0
+    # the output of decoder layer k (1-based) through the final norm, so that the layers above it
+    # read speech frames that already say which text they hold
+    ctc_layer: int = 0
     guided_attention: GuidedAttention = field(default_factory=GuidedAttention)
     attn_implementation: str = "sdpa"
     # Whose conventions the weights were trained with: "toolkit" (this toolkit's own

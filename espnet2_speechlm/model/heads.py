@@ -109,5 +109,3 @@ class SharedStreamHead(nn.Linear):
             rest = F.linear(h, self.weight, self.bias)
         return logits0, rest
 
-
-HEADS = {"shared": SharedStreamHead}

@@ -1,9 +1,10 @@
 """Weighted multi-stream cross-entropy with per-modality reporting.
 
 Pure functions of tensors: ``multistream_loss`` takes the head's logits and
-the shifted targets and returns (weighted loss sum, number of real frames,
-statistics).  The caller divides, so that a distributed trainer can divide
-by the frame count of the whole global batch instead of its own.
+the shifted targets and returns (weighted loss sum, statistics).  The caller
+divides by the real frames (``interleave.loss_frames``), so that a
+distributed trainer can divide by the frame count of the whole global batch
+instead of its own.
 """
 
 from __future__ import annotations
@@ -97,8 +98,6 @@ def multistream_loss(
     correct = torch.cat([correct[0].unsqueeze(-1)] + correct[1:], dim=-1) if N > 1 else correct[0].unsqueeze(-1)
 
     loss_sum = (ce * w).sum()
-    # real frames: stream-0 targets in the loss that are not <pad>
-    num_frames = (loss_mask[..., 0] & (targets[..., 0] != PAD)).sum()
 
     with torch.no_grad():
         stats = {}
@@ -113,7 +112,7 @@ def multistream_loss(
             cnt = sel.sum()
             if cnt > 0:
                 stats[f"acc_stream{n}"] = (correct[..., n][sel].float().sum() / cnt).item()
-    return loss_sum, num_frames, stats
+    return loss_sum, stats
 
 
 # ------------------------------------------ where the auxiliary losses apply

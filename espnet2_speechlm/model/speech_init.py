@@ -15,38 +15,21 @@ vector under one fixed random projection to the model width:
   a linear image of the spectrogram as its input.
 
 Rows are scaled to the text rows' spread, so a speech frame enters the body
-at the scale of a text token.  Tokenizers whose vectors are not stored here
-(a pretrained codec, SSL k-means on another machine's features) keep the
-random rows; the caller is told which blocks were set.
+at the scale of a text token.  The vectors come from the tokenizer
+(``tokenizers.speech.code_vectors``); the model only receives arrays.
+Tokenizers whose vectors are not stored (a pretrained codec, SSL k-means
+fitted elsewhere) keep the random rows; the caller is told which blocks were
+set.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 
 from ..vocab import JointVocab
-
-
-def code_vectors(tokenizer_dir: str | Path) -> dict[str, np.ndarray]:
-    """The code vectors a fitted speech tokenizer stores: ``"semantic"``
-    ``[K, d]`` k-means centres and/or ``"acoustic"`` ``[Q, C, M]`` residual
-    codebooks (only the kinds this toolkit fits itself)."""
-    from ..tokenizers.kmeans import load_centers
-    from ..tokenizers.melcodec import MelRVQCodec
-    from ..tokenizers.speech import read_config
-
-    cfg = read_config(tokenizer_dir)
-    out = {}
-    sem = cfg["semantic"]
-    if sem.get("type") == "kmeans":
-        out["semantic"] = load_centers(sem["kmeans"]).numpy()
-    ac = cfg["acoustic"]
-    if ac.get("type") == MelRVQCodec.kind:
-        out["acoustic"] = MelRVQCodec.load(ac["dir"]).books.cpu().numpy()  # checks the codebooks' shape too
-    return out
 
 
 def _project(x: np.ndarray, width: int, g: torch.Generator) -> torch.Tensor:
@@ -55,11 +38,13 @@ def _project(x: np.ndarray, width: int, g: torch.Generator) -> torch.Tensor:
     return torch.from_numpy(x) @ p
 
 
-def init_speech_rows(weight: torch.Tensor, vocab: JointVocab, tokenizer_dir: str | Path, seed: int = 0) -> list[str]:
+def init_speech_rows(weight: torch.Tensor, vocab: JointVocab, vecs: Mapping[str, np.ndarray], seed: int = 0,
+                     source: str = "the code vectors") -> list[str]:
     """Overwrite the semantic and acoustic rows of ``weight [V, D]`` (in place)
-    with projections of ``tokenizer_dir``'s code vectors.  Returns the names
-    of the blocks that were set."""
-    vecs = code_vectors(tokenizer_dir)
+    with projections of the code vectors ``vecs`` (``"semantic"`` ``[K, d]``
+    centres and/or ``"acoustic"`` ``[Q, C, M]`` codebooks, as
+    ``tokenizers.speech.code_vectors`` returns them; ``source`` names them in
+    errors).  Returns the names of the blocks that were set."""
     g = torch.Generator().manual_seed(seed)
     text = vocab.block("text")
     with torch.no_grad():
@@ -71,7 +56,7 @@ def init_speech_rows(weight: torch.Tensor, vocab: JointVocab, tokenizer_dir: str
             b = vocab.block("semantic")
             c = vecs["semantic"]
             if c.shape[0] != b.size:
-                raise ValueError(f"{tokenizer_dir}: {c.shape[0]} semantic centres, the vocabulary's semantic block has {b.size}")
+                raise ValueError(f"{source}: {c.shape[0]} semantic centres, the vocabulary's semantic block has {b.size}")
             # centres in standard units per feature dim: MFCC and delta dims differ in range by orders of magnitude
             c = (c - c.mean(0)) / (c.std(0) + 1e-6)
             rows = _project(c, D, g)
@@ -82,7 +67,7 @@ def init_speech_rows(weight: torch.Tensor, vocab: JointVocab, tokenizer_dir: str
             books = vecs["acoustic"]
             Q, C, _ = books.shape
             if (Q, C) != (vocab.num_codebooks, b.size // max(vocab.num_codebooks, 1)):
-                raise ValueError(f"{tokenizer_dir}: codebooks of shape {(Q, C)}, the vocabulary has "
+                raise ValueError(f"{source}: codebooks of shape {(Q, C)}, the vocabulary has "
                                  f"{vocab.num_codebooks} x {b.size // max(vocab.num_codebooks, 1)}")
             rows = _project(books, D, g)  # one projection for every codebook: the rows of a frame sum to its spectrum's image
             # scaled by the first codebook's spread (the coarse spectrum; later ones hold smaller residuals)

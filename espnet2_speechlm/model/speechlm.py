@@ -18,6 +18,7 @@ Saved layout (``save_pretrained`` / ``from_pretrained``)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 
@@ -26,11 +27,11 @@ import torch
 import torch.nn as nn
 
 from .. import config as cfgmod
-from ..interleave import delay
+from ..interleave import loss_frames
 from ..vocab import PAD, JointVocab, VocabError
 from .config import ModelConfig
 from .guided_attention import AttentionCapture, guided_attention_sum
-from .heads import HEADS, MultiStreamEmbedding
+from .heads import MultiStreamEmbedding, SharedStreamHead
 from .loss import alignment_pairs, category_table, ctc_loss_sum, ctc_segments, multistream_loss, weight_per_category
 
 
@@ -140,10 +141,9 @@ class MultiStreamLM(nn.Module):
         emb = MultiStreamEmbedding(V, D, padding_idx=pad_idx, _weight=old_emb.weight.data, _freeze=False)
         emb.weight = old_emb.weight  # same Parameter: keeps any tying
         lm.set_input_embeddings(emb)
-        head_cls = HEADS.get(cfg.head)
-        if head_cls is None:
-            raise ValueError(f"unknown head {cfg.head!r}; known: {sorted(HEADS)}")
-        head = head_cls(D, V, vocab.num_streams, bias=getattr(old_head, "bias", None) is not None)
+        if cfg.head != "shared":  # the one head the released checkpoints use; another would plug in here
+            raise ValueError(f"unknown head {cfg.head!r}; known: ['shared']")
+        head = SharedStreamHead(D, V, vocab.num_streams, bias=getattr(old_head, "bias", None) is not None)
         head.weight = old_head.weight
         if head.bias is not None:
             head.bias = old_head.bias
@@ -155,14 +155,15 @@ class MultiStreamLM(nn.Module):
                 s, e = vocab.acoustic_stream_range(n)
                 rows.append(torch.cat([torch.tensor([PAD]), torch.arange(s, e)]))
             head.set_acoustic_index(torch.stack(rows))
-        if vocab.num_streams > 1 and cfg.restrict_stream0_logits and hasattr(head, "set_stream0_index"):
+        if vocab.num_streams > 1 and cfg.restrict_stream0_logits:
             ac = vocab.block("acoustic")  # every codebook, one contiguous block
             head.set_stream0_index(torch.cat([torch.arange(ac.start), torch.arange(ac.end, V)]))
         if cfg.ctc_weight > 0:
-            if not hasattr(head, "set_ctc_index"):
-                raise ValueError(f"ctc_weight > 0 needs a head with set_ctc_index; {cfg.head!r} has none")
             tb = vocab.block("text")
             head.set_ctc_index(torch.cat([torch.tensor([PAD]), torch.arange(tb.start, tb.end)]))
+            n_layers = len(getattr(self.body, "layers", ()))
+            if cfg.ctc_layer and not (0 < cfg.ctc_layer <= n_layers and hasattr(self.body, "norm")):
+                raise ValueError(f"ctc_layer {cfg.ctc_layer}: the body has {n_layers} layers (and needs a final .norm)")
         self.register_buffer("categories", category_table(vocab), persistent=False)
         self.register_buffer("cat_weights", weight_per_category(cfg.loss_weights), persistent=False)
         if cfg.gradient_checkpointing:
@@ -184,7 +185,7 @@ class MultiStreamLM(nn.Module):
         return self.lm.get_input_embeddings()
 
     @property
-    def head(self) -> nn.Module:
+    def head(self) -> SharedStreamHead:
         return self.lm.get_output_embeddings()
 
     @property
@@ -226,9 +227,12 @@ class MultiStreamLM(nn.Module):
         steps         [B, S, N] delayed global ids (``interleave.delay`` of the frames)
         loss_mask     [B, S, N] bool, delayed the same way: target tokens in the loss
         attention_mask [B, S] 1 for real steps (right padding), optional
-        Returns ``(loss, stats)`` where loss = weighted CE sum / real frames;
-        ``stats`` holds ``loss_sum`` and ``num_frames`` tensors for global
-        normalisation plus per-modality losses and per-stream accuracies.
+        Returns ``(loss_sum, num_frames, stats)``: the weighted CE sum (plus
+        the auxiliary losses), the real frames it covers
+        (:func:`~espnet2_speechlm.interleave.loss_frames`), and per-modality
+        losses and per-stream accuracies.  The caller divides, once: a trainer
+        by the frames of its whole global batch, so that every frame weighs the
+        same whatever micro-batch or rank it is in.
         """
         inp, tgt = steps[:, :-1], steps[:, 1:]
         mask = loss_mask[:, 1:]
@@ -239,25 +243,31 @@ class MultiStreamLM(nn.Module):
         pairs = self._guided_pairs(steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self._guided is not None else None
         if pairs:
             self._guided.active = True
+        ctc_layer = self.cfg.ctc_layer if self.cfg.ctc_weight > 0 else 0
+        captured = []
+        hook = (self.body.layers[ctc_layer - 1].register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+                if ctc_layer else None)
         try:
             h, _ = self.hidden(inp, am, pid)
         finally:
             if self._guided is not None:
                 self._guided.active = False
-        s0_local = getattr(self.head, "stream0_local", None)
-        if s0_local is None or not s0_local.numel():
-            s0_local = None
-        ctc = self._ctc_inputs(h, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self.cfg.ctc_weight > 0 else None
+            if hook is not None:
+                hook.remove()
+        h_ctc = self.body.norm(captured[-1]) if ctc_layer else h
+        s0_local = self.head.stream0_local if self.head.stream0_local.numel() else None
+        ctc = self._ctc_inputs(h_ctc, steps[:, :-1, 0], loss_mask[:, :-1, 0], attention_mask) if self.cfg.ctc_weight > 0 else None
         # The head and the loss run only where some target is in the loss.  Prompts (an ASR
-        # example's speech, a TTS speaker prompt) and padding are most steps of the demo's
-        # batches, and their 9-stream logits would be multiplied by zero.
+        # example's speech, a TTS speaker prompt) and padding are most steps of an ASR/TTS
+        # batch, and their 9-stream logits would be multiplied by zero.
         h, tgt, mask = _loss_positions(h, tgt, mask)
         if ctc is not None:
             logits0, rest, ctc_logits = self.head(h, local0=s0_local is not None, ctc_hidden=ctc[0])
         else:
             logits0, rest = self.head(h, local0=s0_local is not None)
-        loss_sum, num_frames, stats = multistream_loss(
-            logits0, rest, tgt, mask, self.categories, self.cat_weights, getattr(self.head, "acoustic_index", None),
+        num_frames = loss_frames(steps, loss_mask, attention_mask, PAD)
+        loss_sum, stats = multistream_loss(
+            logits0, rest, tgt, mask, self.categories, self.cat_weights, self.head.acoustic_index,
             stream0_local=s0_local,
         )
         if ctc is not None and ctc[2]:
@@ -271,10 +281,7 @@ class MultiStreamLM(nn.Module):
             self._guided.clear()
             loss_sum = loss_sum + ga.weight * ga_sum
             stats["loss_guided"] = (ga_sum.detach() / (ga_count * len(ga.heads) * len(self._guided.layer_ids))).item()
-        loss = loss_sum / num_frames.clamp_min(1)
-        stats["loss_sum"] = loss_sum.detach()
-        stats["num_frames"] = num_frames.detach()
-        return loss, stats
+        return loss_sum, num_frames, stats
 
     def _host_rows(self, ids0, mask0, attention_mask):
         """Stream 0's ids and loss mask, the category table and each row's
@@ -329,10 +336,7 @@ class MultiStreamLM(nn.Module):
 
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        self.lm.config.save_pretrained(tmp)
-        self.cfg.vocab_fingerprint = self.vocab.fingerprint()
-        cfgmod.save(self.cfg, tmp / "speechlm.yaml")
-        self.vocab.save(tmp / "vocab.json")
+        self.save_configs(tmp)
         save_model(self, str(tmp / "model.safetensors"))
         if out_dir.exists():
             import shutil
@@ -346,6 +350,13 @@ class MultiStreamLM(nn.Module):
         else:
             os.replace(tmp, out_dir)
         return out_dir
+
+    def save_configs(self, directory: Path) -> None:
+        """The files beside the weights: the body's ``config.json``,
+        ``speechlm.yaml`` (with the vocabulary's fingerprint) and ``vocab.json``."""
+        self.lm.config.save_pretrained(directory)
+        cfgmod.save(dataclasses.replace(self.cfg, vocab_fingerprint=self.vocab.fingerprint()), Path(directory) / "speechlm.yaml")
+        self.vocab.save(Path(directory) / "vocab.json")
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu", vocab: JointVocab | None = None):
@@ -370,7 +381,7 @@ class MultiStreamLM(nn.Module):
                 f"the model was trained with {cfg.vocab_fingerprint}"
             )
         if vocab is not None:
-            vocab.check_matches(saved_vocab, f"checkpoint {model_dir}")
+            vocab.check_matches(saved_vocab, f"checkpoint {model_dir}", sides=("data", "checkpoint"))
         hf_cfg = AutoConfig.from_pretrained(model_dir)
         if hf_cfg.vocab_size != saved_vocab.size:
             raise VocabError(f"{model_dir}: config.json has vocab_size {hf_cfg.vocab_size}, vocab.json {saved_vocab.size} ids")
@@ -388,9 +399,6 @@ class MultiStreamLM(nn.Module):
         return model.to(device=device, dtype=dtype)
 
     # ----------------------------------------------------------- utilities
-    def delayed(self, frames: torch.Tensor) -> torch.Tensor:
-        return delay(frames, PAD)
-
     def num_parameters(self) -> int:
         # ZeRO-3 leaves each rank an empty placeholder and records the full size as ds_numel
         return sum(getattr(p, "ds_numel", p.numel()) for p in {id(p): p for p in self.parameters()}.values())

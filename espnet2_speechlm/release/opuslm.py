@@ -278,7 +278,7 @@ def release_decode_defaults(decode: dict, speaker_prompt_length: int, notes: lis
     ``decode_default.yaml`` gives (``top_k``, ``temperature`` or
     ``sampling_temperature``, ``maxlen``, ``minlen``) replace those of speech."""
     from ..infer.api import DecodeConfig, DecodeDefaults
-    from ..infer.generate import GenerationConfig, SamplingConfig
+    from ..infer.config import GenerationConfig, SamplingConfig
 
     notes = notes if notes is not None else []
     found = {}
@@ -296,11 +296,10 @@ def release_decode_defaults(decode: dict, speaker_prompt_length: int, notes: lis
 
     def speech(min_len):
         return DecodeConfig(GenerationConfig(semantic=topk, acoustic=topk, min_len=min_len, max_len=maxlen),
-                            min_len=min_len, max_len=maxlen, speaker_prompt_frames=speaker_prompt_length)
+                            speaker_prompt_frames=speaker_prompt_length)
 
     def text():
-        return DecodeConfig(GenerationConfig(text=greedy, min_len=1, max_len=maxlen), min_len=1, max_len=maxlen,
-                            speaker_prompt_frames=speaker_prompt_length)
+        return DecodeConfig(GenerationConfig(text=greedy, min_len=1, max_len=maxlen), speaker_prompt_frames=speaker_prompt_length)
 
     return DecodeDefaults(asr=text(), tts=speech(speech_min), textlm=text(), audiolm=speech(speech_min))
 
@@ -502,10 +501,10 @@ def read_release(model_dir: str | Path, base_llm=None, check_tokenizer: bool = T
     return Release(model_dir, rc, hf, body_dir, tensors, notes)
 
 
-def _check_speech_tokenizer(tok_dir: Path, vocab: JointVocab) -> None:
-    from ..tokenizers.speech import check_fits_vocab, read_config
+def _check_speech_tokenizer(tok_dir: Path, vocab: JointVocab, config_file: Path) -> None:
+    from ..tokenizers.speech import check_fits_vocab
 
-    check_fits_vocab(read_config(tok_dir), vocab, f"speech tokenizer {tok_dir / 'tokenizer.json'}")
+    check_fits_vocab(tok_dir, vocab, config_file)  # the vocabulary as the release's config.yaml lists it
 
 
 def import_opuslm(model_dir: str | Path, out: str | Path, base_llm=None, speech_tokenizer=None,
@@ -526,7 +525,7 @@ def import_opuslm(model_dir: str | Path, out: str | Path, base_llm=None, speech_
         if speech_tokenizer is not None:
             st = Path(speech_tokenizer)
             if (st / "tokenizer.json").exists():
-                _check_speech_tokenizer(st, rel.config.vocab)
+                _check_speech_tokenizer(st, rel.config.vocab, rel.model_dir / "config.yaml")
                 from ..tokenizers.speech import SpeechTokenizer
 
                 SpeechTokenizer.load(st, device=device).save(tmp / "speech_tokenizer")
@@ -534,7 +533,7 @@ def import_opuslm(model_dir: str | Path, out: str | Path, base_llm=None, speech_
                 from ..tokenizers.opuslm import build_release_tokenizer
 
                 build_release_tokenizer(st, tmp / "speech_tokenizer", device=device, log=log)
-                _check_speech_tokenizer(tmp / "speech_tokenizer", rel.config.vocab)
+                _check_speech_tokenizer(tmp / "speech_tokenizer", rel.config.vocab, rel.model_dir / "config.yaml")
             log(f"speech tokenizer: {tmp.name}/speech_tokenizer from {st}")
         rel.hf.save_pretrained(tmp)
         cfgmod.save(model_config(rel.config), tmp / "speechlm.yaml")

@@ -10,9 +10,10 @@
 * a Kaldi ark offset, ``foo.ark:123`` (read by kaldiio).
 
 Other sample rates are resampled with a polyphase filter.  Multi-channel
-audio is an error rather than a silent down-mix: the scorer should see the
-audio the model produced.  ``segments`` files (``uttid recid start end``)
-are honoured by :func:`iter_data_dir_audio`.
+audio is mixed down to mono (the mean of the channels), as the data stages
+and the inference API do, so a test set that passed stages 2-9 is scored
+on the same audio the model heard.  ``segments`` files (``uttid recid start
+end``) are honoured by :class:`DataDirAudio`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from espnet2_speechlm.score.wer import ScoringInputError
 
-SAMPLE_RATE = 16000
+from ..tokenizers.audio import SAMPLE_RATE
 
 
 def read_scp(path: str | os.PathLike, what: str = "wav.scp") -> dict[str, tuple[str, int]]:
@@ -73,11 +74,9 @@ def load_audio(value: str, where: str = "") -> np.ndarray:
         wav, sr = _read_value(value)
     except Exception as e:  # soundfile, kaldiio and the shell raise many types
         raise ScoringInputError(f"{prefix}cannot read audio {value!r}: {e}") from None
-    if wav.shape[1] != 1:
-        raise ScoringInputError(f"{prefix}audio {value!r} has {wav.shape[1]} channels; expected mono")
     from ..tokenizers.audio import resample
 
-    return resample(wav[:, 0], sr).astype(np.float32, copy=False)
+    return resample(wav.mean(axis=1), sr).astype(np.float32, copy=False)
 
 
 def read_segments(path: str | os.PathLike) -> dict[str, tuple[str, float, float]]:

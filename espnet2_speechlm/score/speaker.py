@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -41,15 +41,6 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     if na == 0 or nb == 0:
         raise ValueError("zero speaker embedding (silent or empty audio?)")
     return float(np.dot(a, b) / (na * nb))
-
-
-def speaker_similarities(
-    embedder: SpeakerEmbedder, refs: Sequence[np.ndarray], hyps: Sequence[np.ndarray]
-) -> list[float]:
-    """Cosine similarity of each (reference/prompt, synthesised) pair."""
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} reference and {len(hyps)} synthesised waveforms")
-    return [cosine_similarity(embedder.embed(r), embedder.embed(h)) for r, h in zip(refs, hyps)]
 
 
 def _find_model_files(model_dir: Path) -> tuple[Path, Path]:

@@ -56,7 +56,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from ..tokenizers.audio import SAMPLE_RATE  # the toolkit's audio rate, which is also Whisper's
+
 WINDOW_SECONDS = 30.0
 # Whisper's decoder has 448 positions; the prompt takes 4 of them.
 _WHISPER_MAX_LENGTH = 448
@@ -332,3 +333,17 @@ class WhisperASR:
             vad_filter=False,
         )
         return " ".join(s.text.strip() for s in segments).strip()
+
+
+def wer_scorer(asr: WhisperASR | None = None):
+    """A scorer for n-best TTS (``SpeechLM.tts(..., scorer=wer_scorer())``): a
+    16 kHz waveform and the text it should say -> the WER (%) of its Whisper
+    transcript (100 for an empty waveform)."""
+    from .wer import word_error_rate
+
+    asr = asr or WhisperASR()
+
+    def score(wav: np.ndarray, text: str) -> float:
+        return word_error_rate([text], [asr.transcribe(wav)])["wer"]
+
+    return score

@@ -14,7 +14,6 @@ bad.
 from __future__ import annotations
 
 import io
-import math
 import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +22,10 @@ from typing import Iterator
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+# The toolkit's audio and token rates.  A fitted speech tokenizer records the
+# rates it was fitted at (tokenizer.json), and what it records wins over these.
+SAMPLE_RATE = 16000  # Hz: every waveform the toolkit reads or writes
+FRAME_RATE = 50  # token frames per second (hop 320 at 16 kHz)
 
 
 class AudioError(ValueError):
@@ -48,13 +50,30 @@ class AudioItem:
     end: float | None = None  # seconds; None = to the end of the recording
 
 
+def open_utf8(path: str | Path, error: type[Exception] = DataDirError) -> io.TextIOWrapper:
+    """``path`` opened for reading as UTF-8 text (newlines as ``open`` reads them).
+
+    Bytes that are not UTF-8 raise ``error`` naming the file, the line and the
+    column: a decoding error met while iterating over a file names neither."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise error(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
+                    f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+
+
 def read_table(path: str | Path, min_fields: int = 2) -> list[tuple[str, str, int]]:
     """Read ``<key> <rest>`` lines; return (key, rest, line number).  Duplicate keys are errors."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"file not found: {path}")
     out, seen = [], {}
-    with open(path, encoding="utf-8") as f:
+    with open_utf8(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
@@ -166,11 +185,3 @@ def iter_audio(items, target_rate: int = SAMPLE_RATE, min_seconds: float = 0.0) 
         except AudioError as e:
             yield it, e
 
-
-def num_frames(num_samples: int, hop: int = 320) -> int:
-    """Frames of a centred framing: one per hop, plus one (as ``torch.stft(center=True)``)."""
-    return num_samples // hop + 1
-
-
-def duration_frames(seconds: float, rate: int = 50) -> int:
-    return int(math.floor(seconds * rate)) + 1

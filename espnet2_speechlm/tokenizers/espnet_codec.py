@@ -16,8 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from .audio import resample
-from .features import SAMPLE_RATE
+from .audio import SAMPLE_RATE, resample
 
 
 class ESPnetCodec:

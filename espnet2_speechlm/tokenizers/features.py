@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000
-HOP = 320
+from .audio import FRAME_RATE, SAMPLE_RATE
+
+HOP = SAMPLE_RATE // FRAME_RATE  # 320 samples
 
 
 def frame_count(num_samples: int, hop: int = HOP) -> int:
@@ -123,7 +124,7 @@ class SpectralConfig:
 class SpectralFeatures:
     """Log-mel filterbank or MFCC (+ deltas) at 50 Hz; CPU or GPU."""
 
-    frame_rate = SAMPLE_RATE // HOP
+    frame_rate = FRAME_RATE
 
     def __init__(self, config: SpectralConfig | dict | None = None, device: str = "cpu"):
         if isinstance(config, dict):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import kmeans as km
+from .audio import FRAME_RATE
 from .features import HOP, SAMPLE_RATE, SpectralFeatures, frame_count
 
 
@@ -44,7 +45,7 @@ class ESPnetSSLFeatures:
     OpusLM units were made this way.
     """
 
-    frame_rate = 50
+    frame_rate = FRAME_RATE
 
     def __init__(self, config: str, model: str, layer: int, task: str = "ssl", device: str = "cpu", use_final_output: bool = False,
                  pad_to_codec: bool = True):
@@ -95,7 +96,7 @@ class ESPnetSSLFeatures:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = int(self([np.zeros(16000, np.float32)])[0].shape[1])
+            self._dim = int(self([np.zeros(SAMPLE_RATE, np.float32)])[0].shape[1])
         return self._dim
 
     def to_dict(self) -> dict:

@@ -14,6 +14,7 @@ A text that maps to the unknown token is an error by default
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -93,7 +94,11 @@ class SentencePieceTokenizer:
         ids = self.sp.encode(text, out_type=int)
         if self.strict and self.unk_id in ids:
             bad = sorted({ch for ch in text if ch.strip() and self.sp.piece_to_id(ch) == self.unk_id and self.unk_id in self.sp.encode(ch)})
-            raise TextTokenizerError(f"{'utterance ' + repr(utt) + ': ' if utt else ''}characters not in the BPE model {self.path}: {bad}")
+            raise TextTokenizerError(
+                f"{'utterance ' + repr(utt) + ': ' if utt else ''}characters not in the BPE model {self.path}: {bad} "
+                "(it was fitted without byte fallback; fit it again with byte fallback - in a recipe "
+                "--bpe_byte_fallback true, the default; fit_text_tokenizer --byte_fallback - so that unseen "
+                "characters become byte pieces, or take these characters out of the text)")
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -111,9 +116,13 @@ class SentencePieceTokenizer:
 
 def read_kaldi_text(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Transcripts (utterance id dropped) of Kaldi ``text`` files."""
+    from .audio import open_utf8
+
     out = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"text file not found: {path}")
+        with open_utf8(path, TextTokenizerError) as f:
             for lineno, line in enumerate(f, 1):
                 parts = line.rstrip("\n").split(maxsplit=1)
                 if not parts:
@@ -146,7 +155,15 @@ def train_bpe(texts: Sequence[str], model_prefix: str | os.PathLike, vocab_size:
             kw["user_defined_symbols"] = list(user_defined_symbols)
         # training is deterministic with one thread; the seed only matters for sampling large corpora
         kw["input_sentence_size"], kw["shuffle_input_sentence"] = 2_000_000, seed != 0
-        spm.SentencePieceTrainer.train(**kw)
+        try:
+            spm.SentencePieceTrainer.train(**kw)
+        except RuntimeError as e:
+            m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+            if not m:
+                raise
+            why = " (byte fallback adds 256 byte pieces)" if byte_fallback else ""
+            raise ValueError(f"vocab_size {vocab_size} is too small: these texts need at least {m.group(2)} pieces{why}; "
+                             "raise the vocabulary size (in a recipe --bpe_vocab_size)") from None
         for ext in (".vocab", ".model"):  # .model last: its presence means "complete"
             os.replace(str(tmp_prefix) + ext, str(prefix) + ext)
     print(f"[bpe] trained {model_type} with {vocab_size} pieces on {len(texts)} lines -> {prefix}.model", file=sys.stderr)

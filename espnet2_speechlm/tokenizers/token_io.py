@@ -31,6 +31,42 @@ def unflatten_frames(vec: np.ndarray, num_streams: int, utt: str = "?") -> np.nd
     return vec.reshape(-1, num_streams).astype(np.int32, copy=False)
 
 
+def read_scp(path: str | os.PathLike) -> dict[str, str]:
+    """``utt -> "archive:offset"`` of a kaldiio scp, archive paths made absolute.
+
+    The dump stage writes absolute archive paths.  Dumps written with paths
+    relative to the directory the dump ran in are still read from elsewhere:
+    a relative path is looked up from the current directory, then from the
+    scp's directory and each directory above it.  An archive found nowhere is
+    an error naming the scp and its line."""
+    path = Path(path)
+    found: dict[str, str] = {}
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.strip().split(maxsplit=1)
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise ValueError(f"{path}: line {lineno}: expected '<utt> <archive>:<offset>', got {line.strip()!r}")
+            utt, value = parts
+            ark, sep, offset = value.rpartition(":")
+            if value.endswith("|") or not sep or not offset[:1].isdigit():
+                out[utt] = value
+                continue
+            if ark not in found:
+                q = Path(ark)
+                cands = [q] if q.is_absolute() else [q, *(d / q for d in [path.parent, *path.resolve().parent.parents])]
+                hit = next((c for c in cands if c.is_file()), None)
+                if hit is None:
+                    raise FileNotFoundError(
+                        f"{path}: line {lineno}: token archive {ark} not found"
+                        + ("" if q.is_absolute() else f" (looked in the current directory, {path.parent} and above)"))
+                found[ark] = str(hit.resolve())
+            out[utt] = f"{found[ark]}:{offset}"
+    return out
+
+
 class TokenReader(Mapping):
     """Lazy ``utt -> [T, N]`` int32 frames of a ``tokens.scp`` (or ``.ark``)."""
 
@@ -48,10 +84,15 @@ class TokenReader(Mapping):
         if self.path.suffix == ".ark":
             self._d = dict(kaldiio.load_ark(str(self.path)))
         else:
-            self._d = kaldiio.load_scp(str(self.path))
+            self._d = read_scp(self.path)
 
     def __getitem__(self, utt: str) -> np.ndarray:
-        return unflatten_frames(self._d[utt], self.num_streams, utt)
+        v = self._d[utt]
+        if isinstance(v, str):
+            import kaldiio
+
+            v = kaldiio.load_mat(v)
+        return unflatten_frames(v, self.num_streams, utt)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._d)

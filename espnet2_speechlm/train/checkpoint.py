@@ -112,10 +112,7 @@ def export_model(out_dir: Path, full_sd: dict, model, train_cfg=None) -> Path:
     missing = sorted(set(canon.values()) - set(tensors))
     if missing:
         raise RuntimeError(f"export: the gathered state dict lacks {missing[:5]}")
-    model.lm.config.save_pretrained(tmp)
-    model.cfg.vocab_fingerprint = model.vocab.fingerprint()
-    cfgmod.save(model.cfg, tmp / "speechlm.yaml")
-    model.vocab.save(tmp / "vocab.json")
+    model.save_configs(tmp)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     if train_cfg is not None:
         cfgmod.save(train_cfg, tmp / "train_config.yaml")
@@ -138,7 +135,11 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def find_model_dir(path: Path) -> Path:
-    """A checkpoint directory, its ``model/`` export, or an exported model dir."""
+    """The exported model of: a checkpoint directory (its ``model/``), an
+    exported model directory, a ``checkpoints`` directory (its latest
+    checkpoint), or an experiment directory (``exp_dir`` of a training run):
+    its averaged model ``model_avg`` when that was averaged up to the latest
+    checkpoint, else the latest checkpoint."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -153,12 +154,30 @@ def find_model_dir(path: Path) -> Path:
         ck = latest_checkpoint(path)
         if ck is not None:
             return find_model_dir(ck)
-    raise FileNotFoundError(f"{path}: neither a checkpoint (with model/) nor a model directory (with model.safetensors)")
+    if (path / "checkpoints").is_dir():
+        ck = latest_checkpoint(path / "checkpoints")
+        avg = path / "model_avg"
+        if (avg / "model.safetensors").exists() and (ck is None or _averaged_up_to(avg, ck)):
+            return avg
+        if ck is not None:
+            return find_model_dir(ck)
+    raise FileNotFoundError(f"{path}: not a checkpoint (with model/), a model directory (with model.safetensors), "
+                            "a checkpoints directory or an experiment directory with complete checkpoints")
+
+
+def _averaged_up_to(avg: Path, ck: Path) -> bool:
+    """Whether ``avg`` was averaged from checkpoints that include ``ck`` (an older
+    average is not taken for a run that went on training afterwards)."""
+    try:
+        srcs = json.loads((avg / "averaged_from.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return any(ck.name in Path(s).parts for s in srcs)
 
 
 def check_vocab(path: Path, vocab: JointVocab) -> None:
     v = JointVocab.load(find_model_dir(path) / "vocab.json")
-    vocab.check_matches(v, f"checkpoint {path}")
+    vocab.check_matches(v, f"checkpoint {path}", sides=("data", "checkpoint"))
 
 
 def average_checkpoints(model_dirs: list[Path], out_dir: Path) -> Path:

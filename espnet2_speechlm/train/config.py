@@ -24,6 +24,7 @@ from typing import Any
 from .. import config as cfgmod
 from ..config import ConfigError
 from ..model.config import ModelConfig
+from .precision import PRECISIONS
 
 
 @dataclass
@@ -94,7 +95,7 @@ class EngineConfig:
     name: str = "single"  # single | ddp | fsdp2 | deepspeed
     zero_stage: int = 2
     deepspeed_config: str = ""  # optional JSON merged under the generated DeepSpeed config
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device computes it natively: train/precision.py)
     grad_accum: int = 1
     activation_checkpointing: bool = False
     backend: str = ""  # nccl | gloo ("" = nccl on GPU, gloo on CPU)
@@ -154,7 +155,7 @@ def load(path=None, overrides=()) -> TrainConfig:
     _check_choice(f"{where}: model.init", cfg.model.init, ("random", "llm", "pretrained"))
     _check_choice(f"{where}: schedule.name", cfg.schedule.name, ("warmup_cosine", "linear_to_zero", "constant"))
     _check_choice(f"{where}: engine.name", cfg.engine.name, ("single", "ddp", "fsdp2", "deepspeed"))
-    _check_choice(f"{where}: engine.precision", cfg.engine.precision, ("fp32", "bf16"))
+    _check_choice(f"{where}: engine.precision", cfg.engine.precision, PRECISIONS)
     _check_choice(f"{where}: engine.zero_stage", cfg.engine.zero_stage, (0, 1, 2, 3))
     _check_choice(f"{where}: nan_policy", cfg.nan_policy, ("stop", "skip"))
     if cfg.data.loss_region is not None:

@@ -2,22 +2,28 @@
 
 Every engine has the same small interface, used by the training loop:
 
-    loss, stats = engine.forward(batch)          # model forward (autocast for bf16)
-    engine.backward(stats, global_frames)        # gradient of sum(loss_sum) / global_frames
+    with engine.sync_gradients(last_micro_batch):     # DDP/FSDP2 reduce gradients on the last one only
+        loss_sum, frames, stats = engine.forward(batch)   # model forward (autocast for bf16)
+        engine.backward(loss_sum, global_frames)     # gradient of sum(loss_sum) / global_frames
     engine.set_lr(lr)                            # before the step's first micro-batch (x each group's lr_scale)
     grad_norm = engine.step()                    # clip, optimizer step, zero grads
     engine.zero_grad()                           # drop accumulated grads (skipped step)
     engine.save(dir) / engine.load(dir, ...)     # engine-native checkpoint (collective)
     engine.full_state_dict()                     # full fp32 weights on rank 0 (collective)
 
+The model is wrapped by small ``apply_*`` functions, always in the same
+order (:func:`parallelize`): activation checkpointing first, then data
+parallelism (DDP, FSDP2, or DeepSpeed's engine).
+
 Loss normalisation: the loss of the *global* batch is the weighted CE sum
 over every rank and micro-batch divided by the real-frame count of the whole
 global batch (``global_frames``, all-reduced before the first backward).
 DDP, FSDP2 and DeepSpeed average gradients over ranks (and DeepSpeed also
 divides by its accumulation steps), so each micro-batch back-propagates
-``loss_sum * scale / global_frames`` with the scale that undoes that
-averaging.  A gradient that is not reduced across ranks therefore gives a
-different update from one rank on the same global batch (tested).
+:func:`rescale_loss` of its loss sum, with the factor that undoes that
+averaging.  This is the one place the training loss is divided.  A gradient
+that is not reduced across ranks therefore gives a different update from
+one rank on the same global batch (tested).
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from ..model import MultiStreamLM
 from .config import TrainConfig
+from .precision import resolve_precision
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -58,7 +66,7 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
 
         if device.type == "cpu" and os.environ.get("SPEECHLM_DS_SHM_COMM", "0") != "1":
             # DeepSpeed JIT-compiles a shared-memory all-reduce for CPU ranks on first use
-            # (about 80 s here); gloo does the same job, so skip it unless asked for
+            # (over a minute on a CPU-only host); gloo does the same job, so skip it unless asked for
             from deepspeed import ops as ds_ops
 
             ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -84,6 +92,14 @@ def all_reduce_sum(x: float | int, device) -> float:
 def barrier():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def rescale_loss(loss_sum: torch.Tensor, global_frames: float, averaged_over: int) -> torch.Tensor:
+    """What one micro-batch back-propagates so that the gradient is that of
+    (sum of every micro-batch's ``loss_sum``) / ``global_frames``, once the
+    engine has averaged gradients over ``averaged_over`` contributions (ranks,
+    times accumulation steps for DeepSpeed)."""
+    return loss_sum * (averaged_over / max(global_frames, 1.0))
 
 
 def decay_groups(params, weight_decay: float, **extra) -> list[dict]:
@@ -118,62 +134,83 @@ def _unique_params(model):
     return list({id(p): p for p in model.parameters()}.values())
 
 
+# --------------------------------------------------------------- wrapping
+def apply_activation_checkpointing(model: MultiStreamLM) -> MultiStreamLM:
+    """Recompute each decoder layer's activations in the backward pass."""
+    model.lm.gradient_checkpointing_enable()
+    return model
+
+
+def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def apply_fsdp2(model: MultiStreamLM) -> MultiStreamLM:
+    """``fully_shard`` each decoder layer, then the root (embedding, head, norms)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in getattr(model.body, "layers", []):
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def parallelize(model: MultiStreamLM, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Wrap the model for a torch engine, in a fixed order: activation
+    checkpointing, then data parallelism.  Returns the module to call."""
+    if cfg.engine.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if cfg.engine.name == "ddp":
+        return apply_ddp(model, device)
+    if cfg.engine.name == "fsdp2":
+        return apply_fsdp2(model)
+    return model
+
+
+@contextlib.contextmanager
+def _fsdp2_gradient_sync(model, sync: bool):
+    model.set_requires_gradient_sync(sync)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 class TorchEngine:
     """single process, DDP, or FSDP2 (``fully_shard`` per decoder layer + root)."""
 
     def __init__(self, model: MultiStreamLM, cfg: TrainConfig, device: torch.device, world: int):
         self.cfg, self.device, self.world = cfg, device, world
+        self.precision = resolve_precision(cfg.engine.precision, device)
         self.model = model.to(device)
         self.kind = cfg.engine.name
-        self.micro = 0
-        if self.kind == "ddp":
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            # fault injection for the equivalence tests: parameters (name prefixes) whose
-            # gradients DDP leaves unreduced, which must make those tests fail
-            unsynced = [x for x in os.environ.get("SPEECHLM_FAULT_UNSYNCED_PARAMS", "").split(",") if x]
-            if unsynced:
-                names = [n for n, _ in self.model.named_parameters() if any(n.startswith(u) for u in unsynced)]
-                DDP._set_params_and_buffers_to_ignore_for_model(self.model, names)
-            self.wrapped = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        elif self.kind == "fsdp2":
-            from torch.distributed.fsdp import fully_shard
-
-            for layer in getattr(self.model.body, "layers", []):
-                fully_shard(layer)
-            fully_shard(self.model)
-            self.wrapped = self.model
-        else:
-            self.wrapped = self.model
+        self.wrapped = parallelize(self.model, cfg, device)
         self.params = _unique_params(self.model)
         self.optimizer = _adamw(self.model, cfg)
 
     def _autocast(self):
-        if self.cfg.engine.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _sync_ctx(self, last: bool):
-        if self.kind == "ddp" and not last:
+    def sync_gradients(self, sync: bool):
+        """A context for one micro-batch's forward and backward: gradients are
+        reduced across ranks only when ``sync`` (the step's last micro-batch)."""
+        if self.kind == "ddp" and not sync:
             return self.wrapped.no_sync()
         if self.kind == "fsdp2":
-            self.model.set_requires_gradient_sync(last)
+            return _fsdp2_gradient_sync(self.model, sync)
         return contextlib.nullcontext()
 
-    def forward(self, batch, last_micro: bool = True):
-        self._ctx = self._sync_ctx(last_micro)
-        self._ctx.__enter__()
+    def forward(self, batch):
         kw = _model_inputs(batch, self.device)
         with self._autocast():
             return self.wrapped(**kw)
 
-    def backward(self, loss, stats, global_frames: float):
-        loss_sum = loss * stats["num_frames"].clamp_min(1)
-        (loss_sum * (self.world / max(global_frames, 1.0))).backward()
-        self._ctx.__exit__(None, None, None)
-
-    def abort_micro(self):
-        self._ctx.__exit__(None, None, None)
+    def backward(self, loss_sum, global_frames: float):
+        rescale_loss(loss_sum, global_frames, self.world).backward()
 
     def set_lr(self, lr: float):
         _set_group_lrs(self.optimizer.param_groups, lr)
@@ -240,6 +277,7 @@ class DeepSpeedEngine:
         import deepspeed
 
         self.cfg, self.device, self.world = cfg, device, world
+        self.precision = resolve_precision(cfg.engine.precision, device)
         self.model = model
         A = cfg.engine.grad_accum
         ds = {
@@ -247,7 +285,7 @@ class DeepSpeedEngine:
             "gradient_accumulation_steps": A,
             "gradient_clipping": cfg.optim.clip,
             "zero_optimization": {"stage": cfg.engine.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
-            "bf16": {"enabled": cfg.engine.precision == "bf16"},
+            "bf16": {"enabled": self.precision == "bf16"},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -264,23 +302,25 @@ class DeepSpeedEngine:
                 user.pop(k, None)
             ds = _merge(user, ds)  # the trainer's own keys (stage, precision, clipping) win
         self.ds_config = ds
-        opt = _adamw(model, cfg)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+        if cfg.engine.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        # DeepSpeed's engine is the data parallelism: it comes last, as in parallelize()
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=_adamw(model, cfg), config=ds)
         self.A = A
         self._norm = 0.0
 
-    def forward(self, batch, last_micro: bool = True):
+    def sync_gradients(self, sync: bool):
+        """DeepSpeed reduces at its own accumulation boundary."""
+        return contextlib.nullcontext()
+
+    def forward(self, batch):
         kw = _model_inputs(batch, self.engine.device)
         return self.engine(**kw)
 
-    def backward(self, loss, stats, global_frames: float):
-        loss_sum = loss * stats["num_frames"].clamp_min(1)
+    def backward(self, loss_sum, global_frames: float):
         # DeepSpeed divides by its accumulation steps and averages over ranks
-        self.engine.backward(loss_sum * (self.world * self.A / max(global_frames, 1.0)))
+        self.engine.backward(rescale_loss(loss_sum, global_frames, self.world * self.A))
         self.engine.step()  # an optimizer step only at the accumulation boundary
-
-    def abort_micro(self):
-        pass
 
     def set_lr(self, lr: float):
         _set_group_lrs(self.engine.optimizer.param_groups, lr)
@@ -311,7 +351,7 @@ class DeepSpeedEngine:
     def full_state_dict(self) -> dict | None:
         import deepspeed
 
-        if self.cfg.engine.precision == "bf16":
+        if self.precision == "bf16":
             # the module holds bf16 copies: export the optimizer's fp32 master weights
             from deepspeed.utils import safe_get_full_fp32_param
 

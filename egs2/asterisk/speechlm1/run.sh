@@ -83,9 +83,11 @@ done
 
 if [ "${fast}" = true ]; then
   conf=conf/fast
+  results=RESULTS_fast.md   # not the tracked RESULTS.md of the full run (git ignores this one)
   data_opts="--num_test 6 --num_dev 4 --max_train 30"
 else
   conf=conf
+  results=RESULTS.md
   data_opts="--num_test 60 --num_dev 30"
 fi
 speaker_prompt_len=150
@@ -121,4 +123,5 @@ fi
     --tts_speaker_prompt "${tts_speaker_prompt}" \
     --score_models final \
     --score_init_model true \
+    --results "${results}" \
     "${args[@]}"

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Build the mini_espeak corpus: real English sentences rendered by espeak-ng.
+"""Build the mini_espeak corpus: English sentences rendered by espeak-ng.
 
-Text: the sentences of the Debian ``fortunes`` collection.  Speech data uses
+Text (``--text_source``): ``grammar`` (the recipe's default) draws distinct
+sentences from the 177-word grammar of ``local/grammar.py``, dev and test
+sentences held out of training and of the text-only corpus.  ``fortunes``
+takes the sentences of the Debian ``fortunes`` collection: speech data uses
 only sentences of 4-12 words whose words are all among the ``--vocab_words``
 most frequent ones (a tiny model can learn that vocabulary in minutes); the
 text-only corpus (``data/lm_text``) is every clean sentence except the
@@ -37,6 +40,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grammar  # noqa: E402
 
 TRAIN_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-us+f2", "en-us+m3", "en-gb+f4", "en-us+m7"]
 TEST_VOICES = ["en-gb-x-gbclan", "en-us+f5"]
@@ -106,6 +112,50 @@ def held_clauses(sentences: list[str], vocab: set[str], held: set[str]) -> list[
     return list(out.values())
 
 
+def fortunes_texts(a, rng: random.Random):
+    """Sentences of 4-12 words of the fortunes made only of the --vocab_words most frequent words
+    (training, dev, test), their clauses (--clause_voices) and the text-only corpus."""
+    allsent = read_fortunes(a.fortunes)
+    counts = collections.Counter(w for s in allsent for w in words(s))
+    top = {w for w, _ in counts.most_common(a.vocab_words)}
+    speech = [s for s in allsent if 4 <= len(words(s)) <= 12 and all(w in top for w in words(s))]
+    rng.shuffle(speech)
+    # held-out sentences use only words that occur in training sentences
+    n_held = 2 * a.num_test
+    if a.max_train_sentences:
+        train = speech[: a.max_train_sentences]
+        pool = speech[a.max_train_sentences :]
+    else:
+        train, pool = speech[n_held:], speech[:n_held]
+    train_words = {w for s in train for w in words(s)}
+    ok = [s for s in pool if all(w in train_words for w in words(s))][:n_held]
+    if not a.max_train_sentences:
+        train += [s for s in pool if s not in ok]
+    test, dev = ok[: len(ok) // 2], ok[len(ok) // 2 :]
+    held_set = set(test) | set(dev)
+    clauses = held_clauses(allsent, top, held_set) if a.clause_voices else []
+    train_keys = {" ".join(words(s)) for s in train}
+    clauses = [c for c in clauses if " ".join(words(c)) not in train_keys]
+    lm_text = [s for s in allsent if s not in held_set and 3 <= len(words(s)) <= 30]
+    print(f"[make_corpus] {len(allsent)} fortune sentences; speech: {len(train)} train / {len(dev)} dev / {len(test)} test "
+          f"sentences over {len(train_words)} words, {len(clauses)} clauses; text-only corpus {len(lm_text)} sentences", file=sys.stderr)
+    return train, dev, test, clauses, lm_text
+
+
+def grammar_texts(a, rng: random.Random):
+    """Distinct sentences of the small grammar (local/grammar.py): 2 x --num_test held out for dev
+    and test, --max_train_sentences for training and --lm_sentences for the text-only corpus, none of
+    them a held-out sentence.  Every word of the grammar occurs in training thousands of times."""
+    n_train = a.max_train_sentences or 4000
+    held = grammar.sentences(2 * a.num_test, rng)
+    test, dev = held[: a.num_test], held[a.num_test :]
+    train = grammar.sentences(n_train, rng, exclude=set(held))
+    lm_text = grammar.sentences(a.lm_sentences, rng, exclude=set(held))
+    print(f"[make_corpus] grammar of {len(grammar.vocabulary())} words; speech: {len(train)} train / {len(dev)} dev / "
+          f"{len(test)} test sentences; text-only corpus {len(lm_text)} sentences", file=sys.stderr)
+    return train, dev, test, [], lm_text
+
+
 def render(text: str, voice: str, speed: int, pitch: int = 50) -> np.ndarray:
     cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text]
     raw = subprocess.run(cmd, capture_output=True, check=True).stdout
@@ -137,10 +187,14 @@ def main() -> int:
     p.add_argument("--fortunes", default="/usr/share/games/fortunes")
     p.add_argument("--data", default="data")
     p.add_argument("--wav_dir", default="downloads/wav")
-    p.add_argument("--vocab_words", type=int, default=500)
+    p.add_argument("--text_source", choices=["fortunes", "grammar"], default="fortunes",
+                   help="fortunes: real sentences of the Debian fortunes; grammar: sentences of a ~180-word grammar "
+                        "(local/grammar.py), nearly all distinct")
+    p.add_argument("--vocab_words", type=int, default=500, help="fortunes: the sentences' words are among the N most frequent")
+    p.add_argument("--lm_sentences", type=int, default=20000, help="grammar: sentences of the text-only corpus")
     p.add_argument("--num_test", type=int, default=60, help="held-out sentences for test (and as many for dev)")
     p.add_argument("--voices_per_sentence", type=int, default=4, help="training renderings of each sentence")
-    p.add_argument("--max_train_sentences", type=int, default=0, help="0: all")
+    p.add_argument("--max_train_sentences", type=int, default=0, help="0: all (fortunes) or 4000 (grammar)")
     p.add_argument("--clause_voices", type=int, default=0,
                    help="also train on the clauses (3-10 words, split at , ; :) of every fortune sentence made of the "
                         "--vocab_words words, each spoken by this many voices (0: none); clauses that occur in a held-out "
@@ -155,30 +209,10 @@ def main() -> int:
     a = p.parse_args()
     rng = random.Random(a.seed)
 
-    allsent = read_fortunes(a.fortunes)
-    counts = collections.Counter(w for s in allsent for w in words(s))
-    top = {w for w, _ in counts.most_common(a.vocab_words)}
-    speech = [s for s in allsent if 4 <= len(words(s)) <= 12 and all(w in top for w in words(s))]
-    rng.shuffle(speech)
-    # held-out sentences use only words that occur in training sentences
-    n_held = 2 * a.num_test
-    if a.max_train_sentences:
-        train = speech[: a.max_train_sentences]
-        pool = speech[a.max_train_sentences :]
+    if a.text_source == "grammar":
+        train, dev, test, clauses, lm_text = grammar_texts(a, rng)
     else:
-        train, pool = speech[n_held:], speech[:n_held]
-    train_words = {w for s in train for w in words(s)}
-    ok = [s for s in pool if all(w in train_words for w in words(s))][:n_held]
-    if not a.max_train_sentences:
-        train += [s for s in pool if s not in ok]
-    test, dev = ok[: len(ok) // 2], ok[len(ok) // 2 :]
-    held_set = set(test) | set(dev)
-    clauses = held_clauses(allsent, top, held_set) if a.clause_voices else []
-    train_keys = {" ".join(words(s)) for s in train}
-    clauses = [c for c in clauses if " ".join(words(c)) not in train_keys]
-    lm_text = [s for s in allsent if s not in held_set and 3 <= len(words(s)) <= 30]
-    print(f"[make_corpus] {len(allsent)} fortune sentences; speech: {len(train)} train / {len(dev)} dev / {len(test)} test "
-          f"sentences over {len(train_words)} words, {len(clauses)} clauses; text-only corpus {len(lm_text)} sentences", file=sys.stderr)
+        train, dev, test, clauses, lm_text = fortunes_texts(a, rng)
     lo, hi = (int(x) for x in a.speed_range.split(":"))
 
     if a.train_speakers:

@@ -4,7 +4,7 @@
         --model_args pretrained=exp/packed,batch_size=8 --tasks mmlu --num_fewshot 5
 
 Text is scored as a textlm sequence (``<sos/eos> <textlm_task>
-<text_bpe_start/end> ids...``, see score/text_ability.py).  Context and
+<text_bpe_start/end> ids...``, see eval/text_ability.py).  Context and
 continuation are tokenised separately and concatenated, so the continuation's
 tokens are exactly the ones scored.  As in the perplexity scorer, the very
 first token of a sequence is never scored (it has no text context), which
@@ -58,7 +58,7 @@ class SpeechLMHarness(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         from ..infer.api import DecodeConfig
-        from ..infer.generate import GenerationConfig, SamplingConfig
+        from ..infer.config import GenerationConfig, SamplingConfig
 
         out = []
         for r in requests:
@@ -67,7 +67,7 @@ class SpeechLMHarness(LM):
             until = kw.get("until") or []
             if isinstance(until, str):
                 until = [until]
-            cfg = DecodeConfig(GenerationConfig(text=SamplingConfig(greedy=True)), max_len=int(kw.get("max_gen_toks", self.max_gen_toks)))
+            cfg = DecodeConfig(GenerationConfig(text=SamplingConfig(greedy=True), max_len=int(kw.get("max_gen_toks", self.max_gen_toks))))
             text = self.lm.continue_text(ctx, cfg) if ctx.strip() else ""
             for u in until:
                 if u and u in text:
