@@ -266,7 +266,9 @@ def parse_sequence(vocab: JointVocab, frames: np.ndarray) -> tuple[str, list[Seg
             raise SequenceError(f"frame {i}: expected a modality marker, found {vocab.token_name(tok)}")
         modality = marker_to_mod[tok]
         j = i + 1
-        while j < T and frames[j, 0] >= 256:
+        # a content frame has a non-special id in stream 0, or codes in the other streams
+        # (a speech frame whose semantic unit 0 is written as <pad>, see JointVocab.semantic0_is_pad)
+        while j < T and (frames[j, 0] >= 256 or (frames[j, 1:] != PAD).any()):
             j += 1
         content = frames[i + 1 : j]
         is_target = j < T and frames[j, 0] == SOS_EOS

@@ -105,6 +105,11 @@ class JointVocab:
     num_streams: int
     specials: Mapping[str, int] = field(default_factory=lambda: dict(SPECIALS))
     text_tokenizer: str = ""  # free-form description of the text block's tokenizer
+    # The released OpusLM models were trained with semantic unit 0 written as <pad>
+    # (id 0) instead of the block's first id (an artefact of how ESPnet offset the
+    # units).  Vocabularies imported from them set this, so that speech is turned
+    # into the ids those models know; every other vocabulary leaves it False.
+    semantic0_is_pad: bool = False
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -199,6 +204,8 @@ class JointVocab:
                 raise VocabError(f"acoustic code out of range [0, {ac.codebook_size})")
         out = np.empty_like(codes)
         out[:, 0] = codes[:, 0] + sem.start
+        if self.semantic0_is_pad:
+            out[codes[:, 0] == 0, 0] = PAD
         out[:, 1:] = codes[:, 1:] + ac.start + ac.codebook_size * np.arange(self.num_codebooks)
         return out
 
@@ -207,6 +214,8 @@ class JointVocab:
         sem, ac = self.block("semantic"), self.block("acoustic")
         out = np.empty_like(ids)
         out[:, 0] = ids[:, 0] - sem.start
+        if self.semantic0_is_pad:
+            out[ids[:, 0] == PAD, 0] = 0
         out[:, 1:] = ids[:, 1:] - ac.start - ac.codebook_size * np.arange(self.num_codebooks)
         return out
 
@@ -248,19 +257,20 @@ class JointVocab:
                 {"name": b.name, "start": b.start, "size": b.size, "codebooks": b.codebooks} for b in self.blocks
             ],
             "text_tokenizer": self.text_tokenizer,
+            **({"semantic0_is_pad": True} if self.semantic0_is_pad else {}),
             "fingerprint": self.fingerprint(),
         }
 
     def fingerprint(self) -> str:
         """Hash of everything that decides which id means what."""
-        key = json.dumps(
-            {
-                "blocks": sorted([b.name, b.start, b.size, b.codebooks] for b in self.blocks),
-                "specials": sorted(self.specials.items()),
-                "num_streams": self.num_streams,
-            },
-            sort_keys=True,
-        )
+        key = {
+            "blocks": sorted([b.name, b.start, b.size, b.codebooks] for b in self.blocks),
+            "specials": sorted(self.specials.items()),
+            "num_streams": self.num_streams,
+        }
+        if self.semantic0_is_pad:  # only then: the fingerprints of every other vocabulary stay as they were
+            key["semantic0_is_pad"] = True
+        key = json.dumps(key, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -289,7 +299,8 @@ class JointVocab:
             if d.get("format_version") != FORMAT_VERSION:
                 raise VocabError(f"{path}: format_version {d.get('format_version')!r}, expected {FORMAT_VERSION}")
             blocks = tuple(Block(b["name"], int(b["start"]), int(b["size"]), int(b.get("codebooks", 1))) for b in d["blocks"])
-            vocab = cls(blocks, int(d["num_streams"]), {k: int(v) for k, v in d["specials"].items()}, d.get("text_tokenizer", ""))
+            vocab = cls(blocks, int(d["num_streams"]), {k: int(v) for k, v in d["specials"].items()}, d.get("text_tokenizer", ""),
+                        bool(d.get("semantic0_is_pad", False)))
         except (KeyError, TypeError) as e:
             raise VocabError(f"{path}: malformed vocabulary file ({e!r})") from None
         vocab._validate(path)
@@ -322,5 +333,7 @@ class JointVocab:
         diffs = [f"{n}: {a.get(n)} vs {c.get(n)}" for n in sorted(set(a) | set(c)) if a.get(n) != c.get(n)]
         if self.num_streams != other.num_streams:
             diffs.append(f"num_streams: {self.num_streams} vs {other.num_streams}")
+        if self.semantic0_is_pad != other.semantic0_is_pad:
+            diffs.append(f"semantic unit 0 written as <pad>: {self.semantic0_is_pad} vs {other.semantic0_is_pad}")
         legend = f" ((start, size) in the {sides[0]} vs in the {sides[1]})" if sides and diffs else ""
         raise VocabError(f"vocabulary does not match the {what}: " + ("; ".join(diffs) or "special tokens differ") + legend)

@@ -143,3 +143,18 @@ def test_show_example_command(tmp_path, capsys):
     lines = out.splitlines()
     assert lines[0].startswith("task=tts") and "<tts_task>" in lines[2] and "<spk_start/end>" in out
     assert sum(1 for line in lines if " L " in line) == 3  # 2 speech frames + <sos/eos>
+
+
+def test_parse_a_speech_frame_whose_unit_zero_is_pad():
+    """A released model's speech frame with unit 0 has <pad> in stream 0 but codes elsewhere: still content."""
+    import dataclasses
+
+    from espnet2_speechlm.tasks import build_sequence, parse_sequence
+    from espnet2_speechlm.vocab import JointVocab
+
+    v = dataclasses.replace(JointVocab.build({"semantic": 10, "acoustic": 8 * 4, "text": 20}), semantic0_is_pad=True)
+    speech = np.array([[3, 1, 1, 1, 1, 1, 1, 1, 1], [0, 2, 2, 2, 2, 2, 2, 2, 2], [5, 0, 1, 2, 3, 0, 1, 2, 3]])
+    seq = build_sequence(v, "asr", {"speech": speech, "text": np.array([4, 5])})
+    assert seq.frames[4, 0] == 0
+    task, segs = parse_sequence(v, seq.frames)
+    assert task == "asr" and np.array_equal(segs[0].tokens, speech) and segs[1].tokens.tolist() == [4, 5]

@@ -93,3 +93,22 @@ def test_local_global_maps_and_names(small_vocab):
         v.audio_to_global(np.zeros((2, 3)))
     with pytest.raises(VocabError, match="split"):
         JointVocab.build({"acoustic": 10})
+
+
+def test_semantic_unit_zero_as_pad(tmp_path):
+    """Vocabularies imported from the released OpusLM models write unit 0 as <pad>; the flag is part of the
+    file and of the fingerprint, and every other vocabulary keeps the fingerprint it always had."""
+    import dataclasses
+
+    v = JointVocab.build({"semantic": 5000, "acoustic": 8192, "text": 49152})
+    assert v.fingerprint() == "59ba80f89f0c5d1a" and "semantic0_is_pad" not in v.to_dict()
+    r = dataclasses.replace(v, semantic0_is_pad=True)
+    assert r.fingerprint() != v.fingerprint()
+    frames = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8], [7, 0, 0, 0, 0, 0, 0, 0, 1023]])
+    g = r.audio_to_global(frames)
+    assert g[:, 0].tolist() == [0, 263] and v.audio_to_global(frames)[0, 0] == 256
+    assert np.array_equal(r.audio_to_local(g), frames)
+    back = JointVocab.load(r.save(tmp_path))
+    assert back.semantic0_is_pad and back.fingerprint() == r.fingerprint()
+    with pytest.raises(VocabError, match="semantic unit 0 written as <pad>: False vs True"):
+        v.check_matches(r)

@@ -12,6 +12,14 @@ Examples::
         --semantic_k 5000 --acoustic espnet_codec --codec_config codec/config.yaml --codec_model codec/model.pth \\
         --device cuda
 
+    # the released OpusLM tokenizers, nothing fitted (no --data_dir needed): XEUS encoder output 18
+    # (the 19th block after the final layer norm), the released k-means centres, the first 8 DAC codebooks
+    python -m espnet2_speechlm.bin.fit_speech_tokenizer --out_dir exp/opuslm_tokenizer \
+        --semantic espnet_ssl --ssl_config xeus/model/config.yaml --ssl_model xeus/model/xeus_checkpoint_new.pth \
+        --ssl_layer 19 --ssl_use_final_output --ssl_espnet_framing --kmeans_model xeus/model/km_opus_lm.mdl \
+        --acoustic espnet_codec --codec_config dac/exp/codec_train_dac_large_v1.4_raw_fs16000/config.yaml \
+        --codec_model dac/exp/codec_train_dac_large_v1.4_raw_fs16000/360epoch.pth
+
 Writes ``out_dir/tokenizer.json`` (sizes and file paths, read by the dump and
 vocabulary stages) beside the fitted files.  The directory is built under a
 temporary name and renamed when complete.  A random sample of at most
@@ -30,13 +38,21 @@ from pathlib import Path
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", action="append", required=True, help="Kaldi data dir (repeat for several)")
+    p.add_argument("--data_dir", action="append", default=[],
+                   help="Kaldi data dir (repeat for several); not needed when nothing is fitted (--kmeans_model and --acoustic espnet_codec)")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--semantic", choices=["mfcc", "fbank", "espnet_ssl"], default="mfcc")
     p.add_argument("--semantic_k", type=int, default=500, help="number of k-means units")
     p.add_argument("--ssl_config"); p.add_argument("--ssl_model")
     p.add_argument("--ssl_layer", type=int, default=18)
     p.add_argument("--ssl_task", choices=["ssl", "hubert"], default="ssl")
+    p.add_argument("--ssl_use_final_output", action="store_true",
+                   help="read the last layer after the encoder's final layer norm (ESPnet's encode(use_final_output=True))")
+    p.add_argument("--ssl_espnet_framing", action="store_true",
+                   help="the audio as it is (ESPnet's framing: up to 2 SSL frames fewer than the codec's, both cut to the "
+                        "shorter) instead of padding it to the codec's ceil(n / 320) frames")
+    p.add_argument("--kmeans_model", help="use these centres instead of fitting new ones: a joblib-saved scikit-learn "
+                   "k-means (e.g. the released km_opus_lm.mdl; only cluster_centers_ is read) or a .npy matrix")
     p.add_argument("--acoustic", choices=["mel_rvq", "espnet_codec"], default="mel_rvq")
     p.add_argument("--codec_config"); p.add_argument("--codec_model")
     p.add_argument("--num_codebooks", type=int, default=8)
@@ -58,13 +74,18 @@ def main(argv=None) -> int:
     import torch
 
     from ..tokenizers.audio import SAMPLE_RATE, AudioError, iter_audio, read_data_dir
-    from ..tokenizers.semantic import ESPnetSSLFeatures, SemanticTokenizer
+    from ..tokenizers.semantic import ESPnetSSLFeatures, SemanticTokenizer, read_centers
     from ..tokenizers.speech import SpeechTokenizer
     from ..tokenizers.features import SpectralFeatures
 
     torch.set_num_threads(args.num_threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     t0 = time.time()
+    if args.kmeans_model and args.semantic != "espnet_ssl":
+        raise SystemExit("--kmeans_model is for SSL units: give --semantic espnet_ssl with it")
+    fit_nothing = bool(args.kmeans_model) and args.acoustic == "espnet_codec"
+    if not args.data_dir and not fit_nothing:
+        raise SystemExit("--data_dir is needed to fit the tokenizer (only --kmeans_model with --acoustic espnet_codec fits nothing)")
     items = [it for d in args.data_dir for it in read_data_dir(d)]
     random.Random(args.seed).shuffle(items)
     wavs, total, bad = [], 0.0, []
@@ -78,9 +99,17 @@ def main(argv=None) -> int:
             break
     if bad:
         print(f"[fit_speech_tokenizer] ignoring {len(bad)} bad utterance(s), e.g. {bad[0]}", file=sys.stderr)
-    if not wavs:
+    if not wavs and not fit_nothing:
         raise SystemExit(f"ERROR: no usable audio in {args.data_dir}")
-    print(f"[fit_speech_tokenizer] read {len(wavs)} utterances ({total / 60:.1f} min) from {args.data_dir} in {time.time() - t0:.1f} s", file=sys.stderr)
+    if wavs:
+        print(f"[fit_speech_tokenizer] read {len(wavs)} utterances ({total / 60:.1f} min) from {args.data_dir} in {time.time() - t0:.1f} s", file=sys.stderr)
+
+    centers = None
+    if args.kmeans_model:  # read (and refuse) the released centres before any model is loaded
+        try:
+            centers = read_centers(args.kmeans_model)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"ERROR: {e}")
 
     out = Path(args.out_dir)
     tmp = out.with_name(out.name + ".tmp")
@@ -93,11 +122,20 @@ def main(argv=None) -> int:
     if args.semantic == "espnet_ssl":
         if not (args.ssl_config and args.ssl_model):
             raise SystemExit("--semantic espnet_ssl needs --ssl_config and --ssl_model")
-        feats = ESPnetSSLFeatures(args.ssl_config, args.ssl_model, args.ssl_layer, args.ssl_task, device=device)
+        feats = ESPnetSSLFeatures(args.ssl_config, args.ssl_model, args.ssl_layer, args.ssl_task, device=device,
+                                  use_final_output=args.ssl_use_final_output, pad_to_codec=not args.ssl_espnet_framing)
     else:
         feats = SpectralFeatures({"kind": args.semantic}, device=device)
-    sem = SemanticTokenizer.fit(feats, wavs, args.semantic_k, max_frames=args.max_frames, seed=args.seed, verbose=True, **km_kw)
-    print(f"[fit_speech_tokenizer] semantic k-means ({args.semantic_k} units) fitted in {time.time() - t:.1f} s", file=sys.stderr)
+    if args.kmeans_model:
+        try:
+            sem = SemanticTokenizer.from_centers(feats, centers, args.kmeans_model)
+        except ValueError as e:
+            shutil.rmtree(tmp)
+            raise SystemExit(f"ERROR: {e}")
+        print(f"[fit_speech_tokenizer] semantic units: {sem.vocab_size} centres read from {args.kmeans_model}", file=sys.stderr)
+    else:
+        sem = SemanticTokenizer.fit(feats, wavs, args.semantic_k, max_frames=args.max_frames, seed=args.seed, verbose=True, **km_kw)
+        print(f"[fit_speech_tokenizer] semantic k-means ({args.semantic_k} units) fitted in {time.time() - t:.1f} s", file=sys.stderr)
 
     t = time.time()
     if args.acoustic == "espnet_codec":

@@ -17,6 +17,16 @@ array at 16 kHz.  Audio out: 1-D float32 arrays at 16 kHz.  (16 kHz and 50
 frames per second are the toolkit's rates; a speech tokenizer that records
 others in its ``tokenizer.json`` is followed: ``SpeechLM.sample_rate``,
 ``SpeechLM.frame_rate``.)
+
+The released OpusLM models load the same way, from the directory that
+``bin/import_opuslm`` writes or straight from the released files
+(``model.pth``, ``config.yaml``, ``decode_default.yaml``; the body's Hugging
+Face config and tokenizer beside them or in ``base_llm``).  For them (their
+``speechlm.yaml`` records ``convention: espnet_opuslm``) prompts and decoding
+follow the release: a TTS speaker prompt is a random window of
+``speaker_prompt_frames`` (500) frames, zero rows padding a shorter one; text
+continuation starts with the text itself (no task prefix); generation follows
+``infer/opuslm_rules.py``.
 """
 
 from __future__ import annotations
@@ -31,11 +41,12 @@ import numpy as np
 import torch
 
 from .. import config as cfgmod
-from ..tasks import build_prompt, build_sequence
+from ..tasks import build_prompt, build_sequence, entry_frames
 from ..tokenizers.audio import FRAME_RATE, SAMPLE_RATE
 from .beam_search import beam_search
 from .config import GenerationConfig, GenerationResult, SamplingConfig
 from .generate import generate
+from .opuslm_rules import pad_speaker_prompt, speaker_window
 
 # a candidate's waveform and the text it should say -> an error, lower is better
 # (n-best TTS; e.g. the WER of an ASR transcript: score.whisper.wer_scorer)
@@ -101,7 +112,8 @@ def decode_batch(model, prompts: Sequence[np.ndarray], modality: str | Sequence[
                  input_lens: Sequence[int] | None = None) -> list[GenerationResult]:
     """One target per prompt: beam search for text targets when ``cfg.beam_size``
     > 1 (:mod:`.beam_search`), sampling otherwise (:mod:`.generate`)."""
-    if cfg.beam_size > 1:
+    release = getattr(getattr(model, "cfg", None), "convention", "toolkit") == "espnet_opuslm"
+    if cfg.beam_size > 1 and not release:  # the release's decoding has no beam search: generate() says so
         mods = [modality] * len(prompts) if isinstance(modality, str) else list(modality)
         if any(m != "text" for m in mods):
             raise ValueError(f"beam_size={cfg.beam_size}: beam search is for text targets (ASR); speech is sampled")
@@ -115,6 +127,25 @@ class DecodeDefaults:
     tts: DecodeConfig = field(default_factory=lambda: default_decode_configs()["tts"])
     textlm: DecodeConfig = field(default_factory=lambda: default_decode_configs()["textlm"])
     audiolm: DecodeConfig = field(default_factory=lambda: default_decode_configs()["audiolm"])
+
+
+def _load_speech_tokenizer(d: Path, vocab, vocab_file, device):
+    """A speech tokenizer directory, checked against the model's vocabulary before
+    its models are loaded; the released OpusLM files are turned into one first."""
+    import tempfile
+
+    from ..tokenizers.speech import TOKENIZER_FILE, SpeechTokenizer, check_fits_vocab
+
+    if not (d / TOKENIZER_FILE).exists():
+        if not d.is_dir():
+            raise FileNotFoundError(f"speech tokenizer not found: {d}")
+        from ..tokenizers.opuslm import build_release_tokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:  # the loaded tokenizer keeps nothing open in it
+            built = build_release_tokenizer(d, Path(tmp) / "speech_tokenizer", device=device)
+            return _load_speech_tokenizer(built, vocab, vocab_file, device)
+    check_fits_vocab(d, vocab, vocab_file)
+    return SpeechTokenizer.load(d, device=device)
 
 
 def select_best(wavs: Sequence[np.ndarray], text: str, scorer: Scorer) -> int:
@@ -150,14 +181,22 @@ class SpeechLM:
         self.text_tokenizer = text_tokenizer
         self.speech_tokenizer = speech_tokenizer
         self.defaults = defaults or DecodeDefaults()
+        # the released OpusLM models' own prompt conventions (see the module doc)
+        self.release = getattr(getattr(model, "cfg", None), "convention", "toolkit") == "espnet_opuslm"
         if text_tokenizer is not None and text_tokenizer.vocab_size > self.vocab.block("text").size:
             raise ValueError(f"text tokenizer has {text_tokenizer.vocab_size} ids, the model's text block {self.vocab.block('text').size}")
 
     # ------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str = "auto", dtype: torch.dtype | None = None) -> "SpeechLM":
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "auto", dtype: torch.dtype | None = None,
+                        base_llm: str | os.PathLike | None = None, speech_tokenizer: str | os.PathLike | None = None) -> "SpeechLM":
+        """``path``: a packed / imported model directory, or a released OpusLM
+        directory (``model.pth`` + ``config.yaml``; ``base_llm``: the body's HF
+        config and tokenizer when they are not beside it).  ``speech_tokenizer``:
+        a tokenizer directory (default ``path/speech_tokenizer``) or, for the
+        released models, the downloaded XEUS / DAC / k-means files."""
         from ..model import MultiStreamLM
-        from ..tokenizers.speech import SpeechTokenizer
+        from ..release.opuslm import is_release_dir
         from ..tokenizers.text import load_text_tokenizer
 
         path = Path(path)
@@ -169,15 +208,22 @@ class SpeechLM:
             raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA GPU (use device='cpu' or 'auto')")
         if dtype is None:
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = MultiStreamLM.from_pretrained(path, dtype=dtype, device=device)
-        check_tokenizers(path, speech_tokenizer=path / "speech_tokenizer")  # the text tokenizer: in __init__
         text_tok = None
-        if (path / "text_tokenizer").is_dir():
-            text_tok = load_text_tokenizer(path / "text_tokenizer")
-        elif (path / "text_tokenizer.model").exists():
-            text_tok = load_text_tokenizer(path / "text_tokenizer.model")
-        speech_tok = SpeechTokenizer.load(path / "speech_tokenizer", device=device) if (path / "speech_tokenizer").is_dir() else None
-        defaults = load_decode_defaults(path / "decode.yaml") if (path / "decode.yaml").exists() else DecodeDefaults()
+        if is_release_dir(path):
+            from ..release.opuslm import load_release_model
+
+            model, defaults, body_dir = load_release_model(path, base_llm, dtype=dtype, device=device)
+            text_tok = load_text_tokenizer(body_dir)
+        else:
+            model = MultiStreamLM.from_pretrained(path, dtype=dtype, device=device)
+            if (path / "text_tokenizer").is_dir():
+                text_tok = load_text_tokenizer(path / "text_tokenizer")
+            elif (path / "text_tokenizer.model").exists():
+                text_tok = load_text_tokenizer(path / "text_tokenizer.model")
+            defaults = load_decode_defaults(path / "decode.yaml") if (path / "decode.yaml").exists() else DecodeDefaults()
+        st = Path(speech_tokenizer) if speech_tokenizer is not None else path / "speech_tokenizer"
+        vocab_file = path / "vocab.json" if (path / "vocab.json").exists() else path / "config.yaml"
+        speech_tok = _load_speech_tokenizer(st, model.vocab, vocab_file, device) if (speech_tokenizer is not None or st.is_dir()) else None
         return cls(model, text_tok, speech_tok, defaults)
 
     # ------------------------------------------------------------- helpers
@@ -249,12 +295,19 @@ class SpeechLM:
         if len(spk) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(spk)} speaker prompts")
         prompts = []
+        rng = np.random.default_rng(cfg.generation.seed)
         for t, s in zip(ids, spk):
             cond = {"text": t}
             if s is not None:
                 frames = s if (isinstance(s, np.ndarray) and s.ndim == 2) else self._as_frames(s)
-                cond["speaker"] = frames[: cfg.speaker_prompt_frames]
-            prompts.append(build_prompt(self.vocab, "tts", cond))
+                if self.release:  # a random window, as the release was trained; zero rows pad a shorter one (below)
+                    cond["speaker"] = speaker_window(frames, cfg.speaker_prompt_frames, rng)
+                else:
+                    cond["speaker"] = frames[: cfg.speaker_prompt_frames]
+            prompt = build_prompt(self.vocab, "tts", cond)
+            if self.release and s is not None:
+                prompt = pad_speaker_prompt(prompt, len(cond["speaker"]), cfg.speaker_prompt_frames)
+            prompts.append(prompt)
         n = max(1, cfg.nbest)
         rep = [p for p in prompts for _ in range(n)]
         lens = [len(t) for t in ids for _ in range(n)]
@@ -279,7 +332,10 @@ class SpeechLM:
     def continue_text_batch(self, texts: Sequence[str], cfg: DecodeConfig | None = None) -> list[str]:
         cfg = cfg or self.defaults.textlm
         ids = [self.encode_text(t) for t in texts]
-        prompts = [self._continuation_prompt("textlm", "text", t) for t in ids]
+        if self.release:  # the released models learnt text continuation from the text rows alone
+            prompts = [entry_frames(self.vocab, "text", t) for t in ids]
+        else:
+            prompts = [self._continuation_prompt("textlm", "text", t) for t in ids]
         res = self._run(prompts, "text", [len(t) for t in ids], cfg)
         return [self._need("text").decode(r.tokens.tolist()) for r in res]
 
@@ -329,10 +385,26 @@ def pack(model_dir, out_dir, text_tokenizer=None, speech_tokenizer=None, decode_
     that looks complete."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_tokenizers(model_dir, text_tokenizer, speech_tokenizer)
+    convention = cfgmod.load_yaml(model_dir / "speechlm.yaml").get("convention") if (model_dir / "speechlm.yaml").exists() else None
+    if decode_defaults is None and convention == "espnet_opuslm":
+        # an imported release keeps the decoding read from its decode_default.yaml; a model
+        # fine-tuned from one gets the release's documented defaults
+        if (model_dir / "decode.yaml").exists():
+            decode_defaults = load_decode_defaults(model_dir / "decode.yaml")
+        else:
+            from ..release.opuslm import release_decode_defaults
+
+            decode_defaults = release_decode_defaults({}, 500)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(model_dir, tmp)
+    for old in ("text_tokenizer", "text_tokenizer.model", "speech_tokenizer"):  # replaced by the ones given
+        given = text_tokenizer if old.startswith("text") else speech_tokenizer
+        if given is not None and (tmp / old).is_dir():
+            shutil.rmtree(tmp / old)
+        elif given is not None and (tmp / old).exists():
+            (tmp / old).unlink()
     if text_tokenizer is not None:
         t = Path(text_tokenizer)
         if t.is_dir():

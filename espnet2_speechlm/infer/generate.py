@@ -161,6 +161,10 @@ def generate(
     input_lens  per-prompt input lengths, for ``cfg``'s ``*_len_ratio`` limits
     """
     cfg = cfg or GenerationConfig()
+    if getattr(getattr(model, "cfg", None), "convention", "toolkit") == "espnet_opuslm":
+        from .opuslm_rules import generate_release  # the released models' own rules
+
+        return generate_release(model, prompts, modality, cfg, input_lens)
     if cfg.beam_size > 1:
         raise ValueError(f"beam_size={cfg.beam_size}: generate() samples; beam search is infer.beam_search (the API chooses)")
     if len(prompts) == 0:

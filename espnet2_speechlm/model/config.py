@@ -62,6 +62,11 @@ class ModelConfig:
     ctc_layer: int = 0
     guided_attention: GuidedAttention = field(default_factory=GuidedAttention)
     attn_implementation: str = "sdpa"
+    # Whose conventions the weights were trained with: "toolkit" (this toolkit's own
+    # models) or "espnet_opuslm" (imported from the released OpusLM checkpoints,
+    # release/opuslm.py).  The latter sums the <pad> row into the input embedding as
+    # ESPnet did, and decoding follows the release's rules (infer/opuslm_rules.py).
+    convention: str = "toolkit"
     gradient_checkpointing: bool = False
     # the vocabulary this model was built for (vocab.json's fingerprint)
     vocab_fingerprint: str = ""

@@ -11,11 +11,13 @@ Saved layout (``save_pretrained`` / ``from_pretrained``)::
     config.json         the body's Hugging Face config (vocab_size = joint size)
     speechlm.yaml       ModelConfig (loss weights, head, vocabulary fingerprint)
     vocab.json          the joint vocabulary (read back, never recomputed)
-    model.safetensors   all weights
+    model.safetensors   all weights (or Hugging Face shards: model-0000k-of-0000n.safetensors
+                        and model.safetensors.index.json, as an imported 7B model is written)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -35,6 +37,9 @@ from .loss import alignment_pairs, category_table, ctc_loss_sum, ctc_segments, m
 
 class ContextLengthError(ValueError):
     pass
+
+
+CONVENTIONS = ("toolkit", "espnet_opuslm")
 
 
 def _decoder_of(lm: nn.Module) -> nn.Module:
@@ -58,6 +63,61 @@ def _loss_positions(h: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor):
     return h[keep].unsqueeze(0), tgt[keep].unsqueeze(0), mask[keep].unsqueeze(0)
 
 
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The weight files of a model directory: ``model.safetensors``, or the shards
+    that ``model.safetensors.index.json`` names (Hugging Face's sharded layout)."""
+    import json
+
+    single, index = model_dir / "model.safetensors", model_dir / INDEX_FILE
+    if single.exists():
+        return [single]
+    if not index.exists():
+        raise FileNotFoundError(f"{model_dir}: missing model.safetensors (or {INDEX_FILE} and its shards)")
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{index}: not a safetensors index ({e!r})") from None
+    missing = [n for n in names if not (model_dir / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{index} names shards that are not there: {missing}")
+    return [model_dir / n for n in names]
+
+
+def _skip_random_init():
+    """Model construction without the random initialisation (minutes for a 7B body
+    on CPU).  Only for untied bodies: tying happens in the same pass."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def _load_shards(model: nn.Module, files: list[Path], device) -> tuple[list[str], list[str]]:
+    """Load shard after shard (one shard in memory at a time).  A tensor with
+    several names in the model (the body's own name and ``body.*``, a tied head)
+    counts as loaded under any of them."""
+    from safetensors.torch import load_file
+
+    loaded, unexpected = set(), []
+    for f in files:
+        sd = load_file(str(f), device=str(device))
+        _, unexp = model.load_state_dict(sd, strict=False)
+        unexpected += unexp
+        loaded |= set(sd) - set(unexp)
+        del sd
+    groups: dict[int, list[str]] = {}
+    keys = set(model.state_dict().keys())
+    for n, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        if n in keys:
+            groups.setdefault(id(t), []).append(n)
+    missing = sorted(min(names) for names in groups.values() if not loaded & set(names))
+    return missing, unexpected
+
+
 class MultiStreamLM(nn.Module):
     def __init__(self, lm: nn.Module, vocab: JointVocab, cfg: ModelConfig):
         """Wrap ``lm`` (a causal LM whose embedding and head already have
@@ -74,7 +134,11 @@ class MultiStreamLM(nn.Module):
         V, D = old_emb.weight.shape
         if V != vocab.size:
             raise VocabError(f"vocabulary has {vocab.size} ids but the body's embedding has {V} rows")
-        emb = MultiStreamEmbedding(V, D, padding_idx=PAD, _weight=old_emb.weight.data, _freeze=False)
+        if cfg.convention not in CONVENTIONS:
+            raise ValueError(f"unknown model convention {cfg.convention!r}; known: {list(CONVENTIONS)}")
+        # ESPnet summed (and trained) the <pad> row like any other; this toolkit leaves it out
+        pad_idx = None if cfg.convention == "espnet_opuslm" else PAD
+        emb = MultiStreamEmbedding(V, D, padding_idx=pad_idx, _weight=old_emb.weight.data, _freeze=False)
         emb.weight = old_emb.weight  # same Parameter: keeps any tying
         lm.set_input_embeddings(emb)
         if cfg.head != "shared":  # the one head the released checkpoints use; another would plug in here
@@ -305,9 +369,10 @@ class MultiStreamLM(nn.Module):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         model_dir = Path(model_dir)
-        for name in ("config.json", "speechlm.yaml", "vocab.json", "model.safetensors"):
+        for name in ("config.json", "speechlm.yaml", "vocab.json"):
             if not (model_dir / name).exists():
                 raise FileNotFoundError(f"{model_dir}: missing {name} (not a model directory written by save_pretrained?)")
+        files = weight_files(model_dir)
         saved_vocab = JointVocab.load(model_dir / "vocab.json")
         cfg = cfgmod.load(ModelConfig, model_dir / "speechlm.yaml")
         if cfg.vocab_fingerprint and cfg.vocab_fingerprint != saved_vocab.fingerprint():
@@ -320,11 +385,17 @@ class MultiStreamLM(nn.Module):
         hf_cfg = AutoConfig.from_pretrained(model_dir)
         if hf_cfg.vocab_size != saved_vocab.size:
             raise VocabError(f"{model_dir}: config.json has vocab_size {hf_cfg.vocab_size}, vocab.json {saved_vocab.size} ids")
-        lm = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=cfg.attn_implementation, dtype=dtype)
+        skip_init = _skip_random_init() if not getattr(hf_cfg, "tie_word_embeddings", True) else contextlib.nullcontext()
+        with skip_init:  # every weight is loaded below (a missing one is an error), so a random init is wasted time
+            lm = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=cfg.attn_implementation, dtype=dtype)
         model = cls(lm, saved_vocab, cfg)
-        missing, unexpected = load_model(model, str(model_dir / "model.safetensors"), strict=False, device=str(device))
+        if len(files) == 1:
+            missing, unexpected = load_model(model, str(files[0]), strict=False, device=str(device))
+        else:
+            missing, unexpected = _load_shards(model, files, device)
         if missing or unexpected:
-            raise RuntimeError(f"{model_dir / 'model.safetensors'}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+            where = files[0] if len(files) == 1 else model_dir / INDEX_FILE
+            raise RuntimeError(f"{where}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
         return model.to(device=device, dtype=dtype)
 
     # ----------------------------------------------------------- utilities

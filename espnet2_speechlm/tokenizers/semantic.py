@@ -28,15 +28,36 @@ class ESPnetSSLFeatures:
 
     ``task`` is ``"ssl"`` (``espnet2.tasks.ssl.SSLTask``: XEUS and other
     ``ESPnetSSLModel`` checkpoints) or ``"hubert"`` (``espnet2.tasks.hubert``).
+
+    ``use_final_output``: the last layer is read after the encoder's final layer
+    norm, as ESPnet's ``encode(use_final_output=True)`` lists the outputs (its
+    index ``L - 1`` of ``L`` blocks).  The released OpusLM units are XEUS's index
+    18 of 19 blocks read this way: ``layer=19, use_final_output=True``.  The
+    features are always computed with the model's masking turned off (ESPnet's
+    ``encode`` masks whenever the model carries mask settings, even in eval mode;
+    ``inference_encode`` with ``use_mask=False`` on an eval-mode model does not).
+
+    ``pad_to_codec``: pad every input so that the SSL stream has the codec's
+    ``ceil(n / 320)`` frames, centred on the codec's hops (the toolkit's
+    framing).  ``False`` is ESPnet's: the audio as it is, ``floor((n - 400) / 320) + 1``
+    frames, up to 2 fewer than the codec's, the codec's stream then cut to the
+    shorter (``max_frame_lag`` tells ``SpeechTokenizer`` so); the released
+    OpusLM units were made this way.
     """
 
     frame_rate = FRAME_RATE
 
-    def __init__(self, config: str, model: str, layer: int, task: str = "ssl", device: str = "cpu"):
+    def __init__(self, config: str, model: str, layer: int, task: str = "ssl", device: str = "cpu", use_final_output: bool = False,
+                 pad_to_codec: bool = True):
         for p in (config, model):
             if not Path(p).exists():
                 raise FileNotFoundError(f"SSL model file not found: {p}")
         self.config_path, self.model_path, self.layer, self.task = str(config), str(model), int(layer), task
+        self.use_final_output = bool(use_final_output)
+        self.pad_to_codec = bool(pad_to_codec)
+        self.max_frame_lag = 1 if self.pad_to_codec else 2
+        if self.use_final_output and task != "ssl":
+            raise ValueError("use_final_output applies to ESPnet SSL models (task 'ssl'), not HuBERT")
         self.device = torch.device(device)
         if task == "ssl":
             from espnet2.tasks.ssl import SSLTask as Task
@@ -60,7 +81,9 @@ class ESPnetSSLFeatures:
     def _all_layers(self, x: torch.Tensor, lens: torch.Tensor):
         m = self.model
         if self.task == "ssl":
-            _, hs, out_lens = m.inference_encode(x, lens)
+            final, hs, out_lens = m.inference_encode(x, lens, use_mask=False)
+            if self.use_final_output:
+                hs = list(hs[:-1]) + [final]
             return hs, out_lens
         feats, feat_lens = m._extract_feats(x, lens) if hasattr(m, "_extract_feats") else (x, lens)
         enc = m.encoder
@@ -77,8 +100,13 @@ class ESPnetSSLFeatures:
         return self._dim
 
     def to_dict(self) -> dict:
-        return {"kind": "espnet_ssl", "task": self.task, "config": str(Path(self.config_path).resolve()),
-                "model": str(Path(self.model_path).resolve()), "layer": self.layer}
+        d = {"kind": "espnet_ssl", "task": self.task, "config": str(Path(self.config_path).resolve()),
+             "model": str(Path(self.model_path).resolve()), "layer": self.layer}
+        if self.use_final_output:  # only then, so that older tokenizer.json files read back unchanged
+            d["use_final_output"] = True
+        if not self.pad_to_codec:
+            d["pad_to_codec"] = False
+        return d
 
     @torch.no_grad()
     def __call__(self, wavs) -> list[torch.Tensor]:
@@ -87,6 +115,10 @@ class ESPnetSSLFeatures:
         ws, want = [], []
         for w in wavs:
             w = torch.as_tensor(w, dtype=torch.float32)
+            if not self.pad_to_codec:
+                ws.append(w)
+                want.append(len(w))  # as many frames as the model gives
+                continue
             t = frame_count(len(w))
             left = max(0, (self._span - HOP) // 2)
             right = max(0, (t - 1) * HOP + self._span - left - len(w))
@@ -99,6 +131,18 @@ class ESPnetSSLFeatures:
             raise ValueError(f"{self.config_path}: layer {self.layer} asked for, the model has {len(hs)} layers")
         h = hs[self.layer - 1]
         return [h[b, : min(int(out_lens[b]), t)].float() for b, t in enumerate(want)]
+
+
+def read_centers(path: str | Path) -> torch.Tensor:
+    """k-means centres fitted elsewhere: a ``.npy`` matrix, or a joblib-saved
+    scikit-learn k-means (the released ``km_opus_lm.mdl``; only its
+    ``cluster_centers_`` is read, see ``sklearn_kmeans``)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        return km.load_centers(path)
+    from .sklearn_kmeans import read_kmeans_centers
+
+    return torch.from_numpy(read_kmeans_centers(path))
 
 
 def build_features(spec: dict, device: str = "cpu"):
@@ -147,6 +191,19 @@ class SemanticTokenizer:
         d = Path(directory)
         km.save_centers(d / "semantic_kmeans.npy", self.centers)
         return {"type": "kmeans", "features": self.features.to_dict(), "kmeans": str((d / "semantic_kmeans.npy").resolve()), "vocab_size": self.vocab_size}
+
+    @classmethod
+    def from_kmeans_file(cls, features, path: str | Path) -> "SemanticTokenizer":
+        """Centres fitted elsewhere (:func:`read_centers`); their width must be the features' width."""
+        return cls.from_centers(features, read_centers(path), path)
+
+    @classmethod
+    def from_centers(cls, features, centers: torch.Tensor, where="centres") -> "SemanticTokenizer":
+        dim = getattr(features, "dim", None)
+        if dim is not None and int(dim) != centers.shape[1]:
+            raise ValueError(f"{where}: centres of width {centers.shape[1]}, but the features have {dim} dimensions "
+                             "(another SSL model or layer than the k-means was fitted on?)")
+        return cls(features, centers)
 
     @classmethod
     def from_config(cls, entry: dict, device: str = "cpu") -> "SemanticTokenizer":

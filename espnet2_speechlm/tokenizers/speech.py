@@ -32,13 +32,13 @@ class FrameMismatchError(ValueError):
     """The semantic and acoustic streams of an utterance differ by more than one frame."""
 
 
-def align_streams(utt: str, semantic: np.ndarray, acoustic: np.ndarray) -> np.ndarray:
-    """``[T]`` + ``[T', K]`` -> ``[min(T, T'), 1 + K]`` int32; a difference above one frame is an error."""
+def align_streams(utt: str, semantic: np.ndarray, acoustic: np.ndarray, max_diff: int = 1) -> np.ndarray:
+    """``[T]`` + ``[T', K]`` -> ``[min(T, T'), 1 + K]`` int32; a difference above ``max_diff`` frames is an error."""
     ts, ta = len(semantic), len(acoustic)
-    if abs(ts - ta) > 1:
+    if abs(ts - ta) > max_diff:
         raise FrameMismatchError(
             f"utterance {utt!r}: semantic stream has {ts} frames, acoustic stream {ta}; "
-            f"they must agree within one frame (check that both tokenizers run at {FRAME_RATE} Hz on {SAMPLE_RATE // 1000} kHz audio)")
+            f"they must agree within {max_diff} frame(s) (check that both tokenizers run at {FRAME_RATE} Hz on {SAMPLE_RATE // 1000} kHz audio)")
     t = min(ts, ta)
     return np.concatenate([np.asarray(semantic[:t]).reshape(t, 1), np.asarray(acoustic[:t]).reshape(t, -1)], 1).astype(np.int32)
 
@@ -85,7 +85,9 @@ class SpeechTokenizer:
         utts = utts or [f"#{i}" for i in range(len(wavs))]
         sem = self.semantic.encode(wavs)
         ac = self.acoustic.encode(wavs)
-        return [align_streams(u, s, a) for u, s, a in zip(utts, sem, ac)]
+        # ESPnet's SSL framing gives up to 2 frames fewer than the codec; both are then cut to the shorter
+        lag = int(getattr(getattr(self.semantic, "features", None), "max_frame_lag", 1))
+        return [align_streams(u, s, a, lag) for u, s, a in zip(utts, sem, ac)]
 
     def decode(self, frames) -> np.ndarray:
         """``[T, 1 + K]`` local frames (or ``[T, K]`` acoustic codes) -> 16 kHz float32 audio."""

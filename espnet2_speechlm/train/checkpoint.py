@@ -143,9 +143,12 @@ def find_model_dir(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if (path / "model" / "model.safetensors").exists():
+    def has_weights(d: Path) -> bool:  # one file, or Hugging Face shards with their index
+        return (d / "model.safetensors").exists() or (d / "model.safetensors.index.json").exists()
+
+    if has_weights(path / "model"):
         return path / "model"
-    if (path / "model.safetensors").exists():
+    if has_weights(path):
         return path
     if (path / "latest").exists() or list_checkpoints(path):
         ck = latest_checkpoint(path)
