@@ -28,6 +28,8 @@ ESPNET_SPEC ?= espnet==202511
 QUIET_PIP := grep -v -e "is ignored: it is neither a file nor a directory" -e "dependency resolver does not currently take into account" -e "espnet 202511 requires setuptools" || true
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test` (0: one process); test/conftest.py keeps each file on one worker
+PYTEST_WORKERS ?= 2
 
 .PHONY: install test bench clean-venv demo
 
@@ -50,7 +52,7 @@ $(STAMP): tools/requirements.txt tools/constraints.txt setup.py Makefile
 	@echo "[install] done: $$($(PY) -c 'import torch; print("torch", torch.__version__)')"
 
 test: install
-	@$(PY) -m pytest test $(PYTEST_ARGS)
+	@$(PY) -m pytest test -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: install
 	@for f in bench/bench_*.py; do $(PY) $$f || exit 1; done

@@ -20,6 +20,24 @@ settings.register_profile("ci", max_examples=60, deadline=None)
 settings.load_profile("ci")
 
 
+# `make test` runs two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder).
+# Each file's tests stay on one worker, so a module-scoped recipe run is built
+# once; the files that share the session's mini_espeak run share a worker; and the
+# files with the longest set-up are handed out first, so that neither worker is
+# left with a long recipe run at the end.
+SHARED_WORKER = {"test_recipe_mini.py": "mini_espeak_run", "test_recipe_asterisk.py": "mini_espeak_run"}
+LONGEST_FIRST = ("test_recipe_opuslm.py", "test_recipe_mini.py", "test_recipe_asterisk.py",
+                 "test_recipe_librispeech.py", "test_train_dist.py", "test_opuslm_tokenizer.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist appends the group to the test ids
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name, item.path.name)))
+
+
 @pytest.fixture
 def small_vocab():
     from espnet2_speechlm.vocab import JointVocab

@@ -97,12 +97,10 @@ def test_deepspeed_launcher_zero1(setup):
 
     from train_helpers import PY, REPO
 
-    import socket
+    from espnet2_speechlm.train.engines import free_port
 
     root, dirs, refs = setup
-    with socket.socket() as sock:  # a free port: other test runs may share this machine
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # other test runs may share this machine
     exp = root / "ds_launcher"
     cfg = train_yaml(root / "ds_launcher.yaml", exp, dirs, **OVER)
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PATH=f"{Path(PY).parent}:{os.environ['PATH']}")

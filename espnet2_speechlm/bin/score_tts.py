@@ -94,6 +94,7 @@ def transcribe_all(wav_scp, segments, ids, asr_kwargs, batch_size=8, nj=1) -> tu
     chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
     texts: dict[str, str] = {}
     seconds = 0.0
+    nj = min(nj, len(chunks))  # a worker process costs a start-up and a model load
     if nj <= 1:
         _init_worker(wav_scp, segments, asr_kwargs)
         desc = _worker["asr"].describe()

@@ -52,6 +52,16 @@ def device_for(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now: single-process runs without a launcher
+    must not collide with each other on one machine."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     rank, world, local = dist_env()
     device = device_for(local)
@@ -61,7 +71,8 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(k, v)
-        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(free_port())
         import deepspeed
 
         if device.type == "cpu" and os.environ.get("SPEECHLM_DS_SHM_COMM", "0") != "1":
@@ -74,7 +85,7 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     elif world > 1 or cfg.engine.name in ("ddp", "fsdp2"):
         if not dist.is_initialized():
             if "MASTER_ADDR" not in os.environ:  # a single process without a launcher
-                os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0", WORLD_SIZE="1")
+                os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1")
             dist.init_process_group(backend)
     if world > 1 and cfg.engine.name == "single":
         raise ValueError(f"engine 'single' cannot run on {world} ranks; choose ddp, fsdp2 or deepspeed")

@@ -19,6 +19,7 @@ skip_packing=false      # skip stage 11
 rerun=false             # ignore the finished-stage markers
 nj=4                    # parallel jobs for data stages
 inference_nj=1          # parallel decoding jobs
+scoring_nj=""           # Whisper processes of TTS scoring, one CPU thread each (empty: $nj)
 ngpu=0                  # GPUs per node for training (0: CPU)
 num_nodes=1             # nodes for training (torchrun / Slurm)
 cmd=utils/run.pl        # job runner for data stages (utils/run.pl or utils/slurm.pl)
@@ -92,7 +93,7 @@ Options (defaults in brackets):
   --stage ($stage) --stop_stage ($stop_stage) --skip_data_prep ($skip_data_prep)
   --skip_tokenizers ($skip_tokenizers) --skip_train ($skip_train) --skip_eval ($skip_eval)
   --skip_packing ($skip_packing) --rerun ($rerun: ignore finished-stage markers)
-  --nj ($nj) --inference_nj ($inference_nj) --ngpu ($ngpu) --num_nodes ($num_nodes)
+  --nj ($nj) --inference_nj ($inference_nj) --scoring_nj (${scoring_nj:-\$nj}) --ngpu ($ngpu) --num_nodes ($num_nodes)
   --cmd ($cmd) --train_launcher ($train_launcher) --python ($python) --dumpdir ($dumpdir) --expdir ($expdir)
   --train_set ($train_set) --valid_set ($valid_set) --test_sets ($test_sets) --lm_text ($lm_text)
   --min_seconds ($min_seconds) --max_seconds ($max_seconds) --local_data_opts ($local_data_opts)
@@ -472,7 +473,7 @@ if run_stage 10 && [ "${skip_eval}" = false ]; then
     # the same ASR model on the real test audio: the reference for TTS WER
     for dset in ${test_sets}; do
       ${python} -m espnet2_speechlm.bin.score_tts --data_dir "${dumpdir}/raw/${dset}" --out_dir "${expdir}/score_real_audio_${dset}" \
-        --task tts_real_audio --test_set "${dset}" --model real_audio "${asr_model_args[@]}"
+        --task tts_real_audio --test_set "${dset}" --model real_audio --nj "${scoring_nj:-${nj}}" "${asr_model_args[@]}"
       result_dirs+=" ${expdir}/score_real_audio_${dset}"
     done
   fi
@@ -485,7 +486,7 @@ if run_stage 10 && [ "${skip_eval}" = false ]; then
           asr) ${python} -m espnet2_speechlm.bin.score_asr --ref "${dumpdir}/raw/${dset}/text" --hyp "${d}/text" \
                  --out_dir "${d}/score" --task asr --test_set "${dset}" --model "${m}" ;;
           tts) ${python} -m espnet2_speechlm.bin.score_tts --wav_scp "${d}/wav.scp" --ref "${dumpdir}/raw/${dset}/text" \
-                 --out_dir "${d}/score" --test_set "${dset}" --model "${m}" "${asr_model_args[@]}" ;;
+                 --out_dir "${d}/score" --test_set "${dset}" --model "${m}" --nj "${scoring_nj:-${nj}}" "${asr_model_args[@]}" ;;
           textlm|audiolm) log "  ${task}: outputs in ${d} (scored by perplexity below)" ;;
         esac
         result_dirs+=" ${d}"
