@@ -20,35 +20,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from espnet_configs import dac_config as espnet_dac_config
+from espnet_configs import ssl_config
 
 espnet2 = pytest.importorskip("espnet2")
 torch.set_num_threads(1)
 
-XEUS_CONFIG = {
-    "token_list": ["<unk>"] + [str(i) for i in range(20)],
-    "input_size": None,
-    "frontend": "wav2vec_cnn",
-    "frontend_conf": {"norm_mode": "layer_norm", "conv_mode": "standard", "bias": False, "normalize_audio": True},
-    "specaug": None, "specaug_conf": {},
-    "normalize": None, "normalize_conf": {},
-    "preencoder": "linear", "preencoder_conf": {"output_size": 32},
-    "encoder": "e_branchformer",
-    "encoder_conf": {"output_size": 32, "attention_heads": 2, "linear_units": 64, "cgmlp_linear_units": 64, "num_blocks": 3,
-                     "cgmlp_conv_kernel": 7, "dropout_rate": 0.0, "positional_dropout_rate": 0.0,
-                     "attention_dropout_rate": 0.0, "input_layer": None},
-    "loss": [{"name": "hubert", "conf": {"num_classes": 20, "final_dim": 16}}],
-    # XEUS carries mask settings: ESPnet's encode() masks with them even in eval mode
-    "util": [{"name": "mask", "conf": {"mask_prob": 0.5, "mask_length": 2}}],
-    "model": "espnet", "model_conf": {},
-    "init": None,
-}
+# XEUS carries mask settings: ESPnet's encode() masks with them even in eval mode
+XEUS_CONFIG = ssl_config("e_branchformer", mask={"mask_prob": 0.5, "mask_length": 2})
 
 
 def dac_config(bins: int) -> dict:
-    return {"codec": "dac", "codec_conf": {"sampling_rate": 16000, "generator_params": {
-        "hidden_dim": 16, "encdec_n_filters": 4, "encdec_ratios": [8, 5, 4, 2], "encdec_lstm": 1,
-        "quantizer_n_q": 12, "quantizer_bins": bins, "quantizer_kmeans_init": False,
-        "quantizer_target_bandwidth": [6.0], "quantizer_dropout": False}}, "model_conf": {}}
+    return espnet_dac_config(n_q=12, bins=bins, bandwidth=6.0)
 
 
 def speechlike(seconds, seed=0):

@@ -10,39 +10,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from espnet_configs import dac_config, ssl_config
 
 espnet2 = pytest.importorskip("espnet2")
 torch.set_num_threads(1)
 
-SSL_CONFIG = {
-    "token_list": ["<unk>"] + [str(i) for i in range(20)],
-    "input_size": None,
-    "frontend": "wav2vec_cnn",
-    "frontend_conf": {"norm_mode": "layer_norm", "conv_mode": "standard", "bias": False, "normalize_audio": True},
-    "specaug": None, "specaug_conf": {},
-    "normalize": None, "normalize_conf": {},
-    "preencoder": "linear", "preencoder_conf": {"output_size": 32},
-    "encoder": "transformer",
-    "encoder_conf": {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 3,
-                     "dropout_rate": 0.0, "positional_dropout_rate": 0.0, "attention_dropout_rate": 0.0, "input_layer": None},
-    "loss": [{"name": "hubert", "conf": {"num_classes": 20, "final_dim": 16}}],
-    "util": [{"name": "mask", "conf": {}}],
-    "model": "espnet", "model_conf": {},
-    "init": None,
-}
-
-CODEC_CONFIG = {
-    "codec": "dac",
-    "codec_conf": {
-        "sampling_rate": 16000,
-        "generator_params": {
-            "hidden_dim": 16, "encdec_n_filters": 4, "encdec_ratios": [8, 5, 4, 2], "encdec_lstm": 1,
-            "quantizer_n_q": 8, "quantizer_bins": 1024, "quantizer_kmeans_init": False,
-            "quantizer_target_bandwidth": [4.0], "quantizer_dropout": False,
-        },
-    },
-    "model_conf": {},
-}
+SSL_CONFIG = ssl_config("transformer")
+CODEC_CONFIG = dac_config(n_q=8, bins=1024, bandwidth=4.0)
 
 
 def save_espnet_model(task, config: dict, d):
