@@ -52,7 +52,7 @@ $(STAMP): tools/requirements.txt tools/constraints.txt setup.py Makefile
 	@echo "[install] done: $$($(PY) -c 'import torch; print("torch", torch.__version__)')"
 
 test: install
-	@$(PY) -m pytest test -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	@$(PY) -m pytest test -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: install
 	@for f in bench/bench_*.py; do $(PY) $$f || exit 1; done

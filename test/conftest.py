@@ -20,22 +20,31 @@ settings.register_profile("ci", max_examples=60, deadline=None)
 settings.load_profile("ci")
 
 
-# `make test` runs two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder).
-# Each file's tests stay on one worker, so a module-scoped recipe run is built
-# once; the files that share the session's mini_espeak run share a worker; and the
-# files with the longest set-up are handed out first, so that neither worker is
-# left with a long recipe run at the end.
+# `make test` runs two pytest-xdist workers. Each file's tests stay on one worker,
+# so that a module-scoped recipe run is built once; the files that share the
+# session's mini_espeak run share a worker; and the files with the longest set-up
+# are handed out first (--no-loadscope-reorder keeps this order), so that neither
+# worker is left with a long recipe run at the end. (xdist's own "loadgroup"
+# cannot be used: it renames test ids in a way pytest 9 ignores.)
 SHARED_WORKER = {"test_recipe_mini.py": "mini_espeak_run", "test_recipe_asterisk.py": "mini_espeak_run"}
 LONGEST_FIRST = ("test_recipe_opuslm.py", "test_recipe_mini.py", "test_recipe_asterisk.py",
                  "test_recipe_librispeech.py", "test_train_dist.py", "test_opuslm_tokenizer.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist appends the group to the test ids
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name, item.path.name)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SHARED_WORKER.get(path.rsplit("/", 1)[-1], path)
+
+    return FileGroupScheduling(config, log)
 
 
 @pytest.fixture
