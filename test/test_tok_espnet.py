@@ -160,3 +160,21 @@ def test_hubert_features(tmp_path):
     for w, a, b in zip(wavs, f1, f3):
         assert a.shape[1] == 32 and a.shape[0] == -(-len(w) // 320) and a.shape == b.shape
     assert not torch.allclose(f1[0], f3[0])
+
+
+def test_espnet_tasks_import_without_starting_downloads():
+    """g2p_en, imported by every espnet2.tasks module, calls nltk.download at import time."""
+    import subprocess
+    import sys
+
+    code = ("from espnet2_speechlm.tokenizers.espnet_tasks import espnet_task\n"
+            "import nltk\n"
+            "def fake_download(*a, **k):  # what g2p_en would call, if it got through\n"
+            "    print('DOWNLOAD', a)\n"
+            "nltk.download = fake_download\n"
+            "print(espnet_task('espnet2.tasks.gan_codec', 'GANCodecTask').__name__)\n"
+            "print(nltk.download.__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "DOWNLOAD" not in r.stdout and "[nltk_data]" not in r.stderr, (r.stdout, r.stderr[-2000:])
+    assert r.stdout.split()[-2:] == ["GANCodecTask", "fake_download"]  # and nltk.download is given back

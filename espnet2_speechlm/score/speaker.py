@@ -87,7 +87,10 @@ class ESPnetSpeakerEmbedder:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"speaker model file {p} does not exist")
         import torch
-        from espnet2.tasks.spk import SpeakerTask
+
+        from ..tokenizers.espnet_tasks import espnet_task
+
+        SpeakerTask = espnet_task("espnet2.tasks.spk", "SpeakerTask")
 
         self._torch = torch
         self.model, self.train_args = SpeakerTask.build_model_from_file(str(train_config), str(model_file), device)

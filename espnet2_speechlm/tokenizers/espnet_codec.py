@@ -31,7 +31,9 @@ class ESPnetCodec:
         with open(config) as f:
             conf = yaml.safe_load(f) or {}
         self.codec_rate = int((conf.get("codec_conf") or {}).get("sampling_rate", SAMPLE_RATE))
-        from espnet2.tasks.gan_codec import GANCodecTask
+        from .espnet_tasks import espnet_task
+
+        GANCodecTask = espnet_task("espnet2.tasks.gan_codec", "GANCodecTask")
 
         self.device = torch.device(device)
         self.model, _ = GANCodecTask.build_model_from_file(self.config_path, self.model_path, str(self.device))

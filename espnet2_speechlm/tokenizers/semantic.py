@@ -59,10 +59,12 @@ class ESPnetSSLFeatures:
         if self.use_final_output and task != "ssl":
             raise ValueError("use_final_output applies to ESPnet SSL models (task 'ssl'), not HuBERT")
         self.device = torch.device(device)
+        from .espnet_tasks import espnet_task
+
         if task == "ssl":
-            from espnet2.tasks.ssl import SSLTask as Task
+            Task = espnet_task("espnet2.tasks.ssl", "SSLTask")
         elif task == "hubert":
-            from espnet2.tasks.hubert import HubertTask as Task
+            Task = espnet_task("espnet2.tasks.hubert", "HubertTask")
         else:
             raise ValueError(f"unknown ESPnet SSL task {task!r}: use 'ssl' (XEUS, ESPnetSSLModel) or 'hubert'")
         self.model, _ = Task.build_model_from_file(self.config_path, self.model_path, str(self.device))
