@@ -118,6 +118,7 @@ EOM
 . ./path.sh
 . utils/parse_options.sh
 [ $# -ne 0 ] && { log "unexpected arguments: $*"; log "$help_message"; exit 1; }
+scoring_nj=${scoring_nj:-${nj}}
 
 # --------------------------------------------------------------- helpers
 stage_dir=${expdir}/.stages
@@ -473,7 +474,7 @@ if run_stage 10 && [ "${skip_eval}" = false ]; then
     # the same ASR model on the real test audio: the reference for TTS WER
     for dset in ${test_sets}; do
       ${python} -m espnet2_speechlm.bin.score_tts --data_dir "${dumpdir}/raw/${dset}" --out_dir "${expdir}/score_real_audio_${dset}" \
-        --task tts_real_audio --test_set "${dset}" --model real_audio --nj "${scoring_nj:-${nj}}" "${asr_model_args[@]}"
+        --task tts_real_audio --test_set "${dset}" --model real_audio --nj "${scoring_nj}" "${asr_model_args[@]}"
       result_dirs+=" ${expdir}/score_real_audio_${dset}"
     done
   fi
@@ -486,7 +487,7 @@ if run_stage 10 && [ "${skip_eval}" = false ]; then
           asr) ${python} -m espnet2_speechlm.bin.score_asr --ref "${dumpdir}/raw/${dset}/text" --hyp "${d}/text" \
                  --out_dir "${d}/score" --task asr --test_set "${dset}" --model "${m}" ;;
           tts) ${python} -m espnet2_speechlm.bin.score_tts --wav_scp "${d}/wav.scp" --ref "${dumpdir}/raw/${dset}/text" \
-                 --out_dir "${d}/score" --test_set "${dset}" --model "${m}" --nj "${scoring_nj:-${nj}}" "${asr_model_args[@]}" ;;
+                 --out_dir "${d}/score" --test_set "${dset}" --model "${m}" --nj "${scoring_nj}" "${asr_model_args[@]}" ;;
           textlm|audiolm) log "  ${task}: outputs in ${d} (scored by perplexity below)" ;;
         esac
         result_dirs+=" ${d}"
