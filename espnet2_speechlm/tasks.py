@@ -149,12 +149,16 @@ def build_sequence(
     task: str,
     examples: Mapping[str, object] | Sequence[Mapping[str, object]],
     loss_region: str = "target",
+    speaker_prompt_len: int = 0,
 ) -> SplicedSequence:
     """Build one sequence from one example (a mapping entry name -> local tokens)
     or several spliced examples (a list of such mappings) of the same task.
 
     ``loss_region``: ``"target"`` puts only target content frames and their
     closing ``<sos/eos>`` in the loss; ``"all"`` puts every frame in it.
+    ``speaker_prompt_len`` > 0 lays a speaker prompt out as the released OpusLM
+    models were trained: a prompt shorter than that many frames is followed by
+    all-pad frames up to it (:func:`speaker_padding`); 0 leaves it as long as it is.
     """
     if loss_region not in ("target", "all"):
         raise SequenceError(f"loss_region must be 'target' or 'all', got {loss_region!r}")
@@ -189,6 +193,9 @@ def build_sequence(
             if is_target:
                 block.append(_special_frame(vocab, SOS_EOS))
             block.append(pads)
+            extra = speaker_padding(e.name, len(content), speaker_prompt_len)
+            if extra:
+                block.append(np.full((extra, N), PAD, dtype=np.int64))
             start = pos + 1
             segments.append(Segment(e.name, e.modality, np.asarray(ex[e.name]), is_target, start, start + len(content)))
             if is_target and prefix_len is None:
@@ -206,27 +213,36 @@ def build_sequence(
     return SplicedSequence(task, frames, loss_mask, prefix_len if prefix_len is not None else len(frames), segments)
 
 
+def speaker_padding(entry: str, content_frames: int, speaker_prompt_len: int) -> int:
+    """All-pad frames that follow an entry besides its N-1 tail: for a speaker
+    prompt shorter than ``speaker_prompt_len`` (the released models' fixed-length
+    prompt: ``<spk> speaker x got | <pad> x (len - got) | <pad> x (N-1)``), none
+    for anything else."""
+    return max(0, speaker_prompt_len - content_frames) if entry == "speaker" else 0
+
+
 def entry_length(content_frames: int, is_target: bool, num_streams: int) -> int:
     """Frames one entry occupies in a built sequence: its modality marker, its
     content, the closing ``<sos/eos>`` of a target, the all-pad tail."""
     return 1 + content_frames + (1 if is_target else 0) + segment_tail(num_streams)
 
 
-def sequence_length(task: str, parts: Sequence[Mapping[str, int]], num_streams: int) -> int:
-    """Frames of ``build_sequence(vocab, task, examples)`` computed from the
-    entries' content lengths alone (``parts``: one mapping entry name ->
-    content frames per spliced example), so that a splicing stage can plan
-    without reading any token."""
+def sequence_length(task: str, parts: Sequence[Mapping[str, int]], num_streams: int, speaker_prompt_len: int = 0) -> int:
+    """Frames of ``build_sequence(vocab, task, examples, speaker_prompt_len=...)``
+    computed from the entries' content lengths alone (``parts``: one mapping
+    entry name -> content frames per spliced example), so that a splicing stage
+    can plan without reading any token."""
     tmpl = get_task(task)
     total = 2  # <sos/eos> and the task marker
     for p in parts:
         for e in tmpl.entries:
             if e.name in p:
                 total += entry_length(p[e.name], e in tmpl.targets, num_streams)
+                total += speaker_padding(e.name, p[e.name], speaker_prompt_len)
     return total
 
 
-def build_prompt(vocab: JointVocab, task: str, conditions: Mapping[str, object]) -> np.ndarray:
+def build_prompt(vocab: JointVocab, task: str, conditions: Mapping[str, object], speaker_prompt_len: int = 0) -> np.ndarray:
     """The frames a model is given to generate the task's (single) target:
     everything up to and including the target's start marker."""
     tmpl = get_task(task)
@@ -234,7 +250,7 @@ def build_prompt(vocab: JointVocab, task: str, conditions: Mapping[str, object])
     for e in tmpl.targets:
         kind = MODALITIES[e.modality][1]
         dummy[e.name] = np.zeros(0, dtype=np.int64) if kind == "text" else np.zeros((0, vocab.num_streams), dtype=np.int64)
-    seq = build_sequence(vocab, task, {**conditions, **dummy})
+    seq = build_sequence(vocab, task, {**conditions, **dummy}, speaker_prompt_len=speaker_prompt_len)
     return seq.frames[: seq.prefix_len]
 
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from espnet2_speechlm.infer.generate import GenerationConfig, SamplingConfig
-from espnet2_speechlm.infer.opuslm_rules import ReleaseRules, pad_speaker_prompt, run_release_decoding, select_output
+from espnet2_speechlm.infer.opuslm_rules import ReleaseRules, run_release_decoding, select_output
+from espnet2_speechlm.tasks import build_prompt
 from espnet2_speechlm.vocab import JointVocab
 
 N = 9
@@ -151,11 +152,16 @@ def test_output_selection_drops_pad_and_marker_frames(vocab):
     assert tokens[1].tolist() == [4, 3, 0, 3, 3, 3, 3, 3, 3]
 
 
-def test_speaker_prompt_padding():
-    p = np.arange(4 * N).reshape(4, N)
-    q = pad_speaker_prompt(p, got=3, length=7)
-    assert q.shape == (8, N) and np.array_equal(q[:3], p[:3]) and not q[3:7].any() and np.array_equal(q[7], p[3])
-    assert pad_speaker_prompt(p, 7, 7) is p
+def test_speaker_prompt_padding(vocab):
+    # the release's TTS prompt: speaker frames, zero rows up to the prompt length
+    # (here 7) and the N-1 tail, then the speech marker
+    text, spk = np.array([1, 2]), np.ones((3, N), dtype=np.int64)
+    plain = build_prompt(vocab, "tts", {"text": text, "speaker": spk})
+    q = build_prompt(vocab, "tts", {"text": text, "speaker": spk}, speaker_prompt_len=7)
+    k = len(plain) - N  # the first row after the speaker frames
+    assert len(q) == len(plain) + 4 and np.array_equal(q[:k], plain[:k])
+    assert not q[k : k + 4 + N - 1].any() and np.array_equal(q[-1], plain[-1])
+    assert np.array_equal(build_prompt(vocab, "tts", {"text": text, "speaker": spk}, speaker_prompt_len=3), plain)
 
 
 def tiny_release_model(vocab):

@@ -6,7 +6,7 @@ layout), and so are its tokenizers (a tiny XEUS-class SSL model, a k-means
 pickle, a tiny DAC; test_opuslm_tokenizer.py).  ``run.sh --fast true
 --released_model ... --released_tokenizers ... --base_llm ...`` must import
 it, tokenise the asterisk prompts with the released tokenizers, fine-tune
-with the release's conventions kept, and write ASR and TTS WER (RESULTS_fast.md) before ("init")
+with the release's conventions kept (speaker prompts padded to 500 frames), and write ASR and TTS WER (RESULTS_fast.md) before ("init")
 and after ("speechlm") fine-tuning.
 """
 
@@ -88,3 +88,8 @@ def test_tokens_fine_tuning_and_decoding_keep_the_release_s_conventions(run, mon
     assert dec["tts"]["speaker_prompt_frames"] == 500 and dec["tts"]["generation"]["min_len"] == 3
     hyps = (d / "exp/speechlm/decode_asr_test/text").read_text().splitlines()
     assert len(hyps) == 4  # run.sh --fast with a released model: 4 test prompts
+    # TTS fine-tuning data in the release's layout: speaker prompts padded to 500 frames
+    meta = json.loads((d / "dump/splice/train_tts/meta.json").read_text())
+    assert meta["options"]["speaker_prompt_len"] == 500 and meta["options"]["speaker_prompt_pad"] is True
+    examples = [json.loads(x) for x in (d / "dump/splice/train_tts/examples.jsonl").read_text().splitlines()]
+    assert any("spk" in ex for ex in examples)

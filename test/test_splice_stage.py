@@ -84,6 +84,22 @@ def test_speaker_prompts_are_windows_of_another_utterance_of_the_speaker(dump):
         np.testing.assert_array_equal(segs[1].tokens, tokens[o][s : s + L])
 
 
+def test_speaker_prompts_padded_to_the_released_length(dump):
+    root, vocab, d = dump
+    plain, _ = _splice(root, vocab, d, "tts", name="tts_spk_plain", speaker_prompt_len=40)
+    out, meta = _splice(root, vocab, d, "tts", name="tts_spk_pad", speaker_prompt_len=40, speaker_prompt_pad=True)
+    assert meta["options"]["speaker_prompt_pad"] is True
+    a, b = DataDir(plain), DataDir(out)
+    padded = 0
+    for i, ex in enumerate(b.examples):
+        L = ex["spk"][0][2]
+        assert ex["len"] == a.examples[i]["len"] + (40 - L) == len(b.build(i))  # build checks the stored length too
+        padded += L < 40
+    assert padded  # some prompts were shorter than 40 frames
+    with pytest.raises(SpliceError, match="speaker_prompt_pad needs speaker_prompt_len"):
+        _splice(root, vocab, d, "tts", name="bad", speaker_prompt_pad=True)
+
+
 def test_bad_inputs_name_the_file_and_line(dump, tmp_path):
     root, vocab, d = dump
     bad = tmp_path / "text"

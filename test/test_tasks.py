@@ -93,6 +93,25 @@ def test_sequence_length_is_the_built_length(ex):
     assert sequence_length(task, parts, N) == len(build_sequence(V, task, exs))
 
 
+@given(examples(), st.integers(0, 15))
+def test_speaker_prompts_padded_to_a_fixed_length(ex, pad_to):
+    """The released models' layout: a speaker prompt shorter than ``pad_to`` is
+    followed by pad frames up to it; lengths still agree and the parse ignores them."""
+    task, exs = ex
+    seq = build_sequence(V, task, exs, speaker_prompt_len=pad_to)
+    parts = [{k: len(v) for k, v in e.items()} for e in exs]
+    assert sequence_length(task, parts, N, speaker_prompt_len=pad_to) == len(seq)
+    plain = build_sequence(V, task, exs)
+    extra = sum(max(0, pad_to - len(e["speaker"])) for e in exs if "speaker" in e)
+    assert len(seq) == len(plain) + extra
+    _, segments = parse_sequence(V, seq.frames)
+    assert [(s.name, s.tokens.tolist()) for s in segments] == [(s.name, s.tokens.tolist()) for s in parse_sequence(V, plain.frames)[1]]
+    for s in seq.segments:
+        if s.name == "speaker":
+            tail = N - 1 + max(0, pad_to - (s.end - s.start))
+            assert (seq.frames[s.end : s.end + tail] == PAD).all() and seq.frames[s.end + tail, 0] != PAD
+
+
 def test_released_prompt_layouts():
     text = np.array([7, 8, 9])
     audio = np.zeros((4, N), dtype=np.int64)

@@ -10,7 +10,7 @@ or with every file named (``--tokens``, ``--utt2num_frames``, ``--text``, ``--ut
         --tokens dump/train/tokens.scp --utt2num_frames dump/train/utt2num_frames \
         --text data/train/text --text_tokenizer data/bpe/tokenizer.json \
         --out dump/splice/train_asr [--utt2spk data/train/utt2spk --splice_budget 3000] \
-        [--speaker_prompt_len 500] [--max_len 4000] [--loss_region target]
+        [--speaker_prompt_len 500 [--speaker_prompt_pad]] [--max_len 4000] [--loss_region target]
 
 The format of the output is described in ``espnet2_speechlm/data/datadir.py``.
 """
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--utt2spk", help="utterance -> speaker or recording (long-form splicing, speaker prompts)")
     p.add_argument("--splice_budget", type=int, default=0, help="concatenate utterances of one speaker up to this many frames")
     p.add_argument("--speaker_prompt_len", type=int, default=0, help="tts: frames of another utterance of the speaker as prompt")
+    p.add_argument("--speaker_prompt_pad", action="store_true",
+                   help="pad a shorter speaker prompt with all-pad frames to --speaker_prompt_len (the released OpusLM layout)")
     p.add_argument("--max_len", type=int, default=0, help="drop examples longer than this many frames")
     p.add_argument("--loss_region", default="target", choices=["target", "all"])
     p.add_argument("--seed", type=int, default=0)
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
         a.tokens = a.utt2num_frames = None
     try:
         tok = load_text_tokenizer(a.text_tokenizer) if a.text_tokenizer else None
-        opts = SpliceOptions(a.task, a.loss_region, a.splice_budget, a.speaker_prompt_len, a.max_len, a.seed)
+        opts = SpliceOptions(a.task, a.loss_region, a.splice_budget, a.speaker_prompt_len, a.max_len, a.seed, a.speaker_prompt_pad)
         splice(a.out, a.vocab, opts, a.tokens, a.utt2num_frames, a.text, tok, a.utt2spk, log=lambda m: print(m, file=sys.stderr), skip=skip)
     except (SpliceError, FileNotFoundError) as e:
         print(f"splice: error: {e}", file=sys.stderr)

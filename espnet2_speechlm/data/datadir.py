@@ -92,6 +92,8 @@ class DataDir:
         self.vocab = vocab or own
         self.task = self.meta["task"]
         self.loss_region = loss_region or self.meta["loss_region"]
+        opts = self.meta.get("options", {})
+        self.speaker_pad_len = int(opts.get("speaker_prompt_len", 0)) if opts.get("speaker_prompt_pad") else 0
         # only byte offsets and lengths stay in memory: paper-scale directories hold
         # millions of examples, and every loader worker would otherwise copy them all
         f = self.path / "examples.jsonl"
@@ -145,7 +147,7 @@ class DataDir:
                 o, s, L = ex["spk"][k]
                 d["speaker"] = self._tokens(o)[s : s + L]
             parts.append(d)
-        seq = build_sequence(self.vocab, self.task, parts, self.loss_region)
+        seq = build_sequence(self.vocab, self.task, parts, self.loss_region, self.speaker_pad_len)
         if len(seq) != ex["len"]:
             raise SpliceError(
                 f"{self.path}/examples.jsonl: example {ex['id']!r} has {len(seq)} frames, the data directory says {ex['len']} "

@@ -111,6 +111,13 @@ class SpliceOptions:
     speaker_prompt_len: int = 0  # frames; 0 = no speaker prompts (tts only)
     max_len: int = 0  # drop examples longer than this (frames); 0 = keep all
     seed: int = 0
+    # pad a shorter speaker prompt with all-pad frames up to speaker_prompt_len, the
+    # layout the released OpusLM models were trained with (tasks.speaker_padding)
+    speaker_prompt_pad: bool = False
+
+    @property
+    def speaker_pad_len(self) -> int:
+        return self.speaker_prompt_len if self.speaker_prompt_pad else 0
 
 
 def splice(
@@ -135,6 +142,8 @@ def splice(
         raise SpliceError(f"loss_region must be 'target' or 'all', got {opts.loss_region!r}")
     if opts.speaker_prompt_len and "speaker" not in names:
         raise SpliceError(f"task {opts.task!r} has no speaker prompt entry; speaker_prompt_len must be 0")
+    if opts.speaker_prompt_pad and not opts.speaker_prompt_len:
+        raise SpliceError("speaker_prompt_pad needs speaker_prompt_len > 0 (the length to pad a speaker prompt to)")
 
     # inputs: frames per utterance, text ids per utterance, speaker per utterance
     nframes = _read_frame_counts(opts, tokens_scp, utt2num_frames) if needs_speech or opts.speaker_prompt_len else {}
@@ -166,7 +175,7 @@ def splice(
             if u in prompts:
                 d["speaker"] = prompts[u][2]
             parts.append(d)
-        return sequence_length(opts.task, parts, vocab.num_streams)
+        return sequence_length(opts.task, parts, vocab.num_streams, opts.speaker_pad_len)
 
     groups = _group(utts, spk_of, opts, length)
     out_dir = Path(out_dir)
@@ -311,7 +320,10 @@ def _meta(opts: SpliceOptions, vocab: JointVocab, tokens_scp, lengths: list[int]
             "min": int(la.min()), "max": int(la.max()), "mean": float(la.mean()),
             "p50": float(np.percentile(la, 50)), "p90": float(np.percentile(la, 90)), "p99": float(np.percentile(la, 99)),
         },
-        "options": {"splice_budget": opts.splice_budget, "speaker_prompt_len": opts.speaker_prompt_len, "max_len": opts.max_len, "seed": opts.seed},
+        "options": {
+            "splice_budget": opts.splice_budget, "speaker_prompt_len": opts.speaker_prompt_len,
+            "speaker_prompt_pad": opts.speaker_prompt_pad, "max_len": opts.max_len, "seed": opts.seed,
+        },
     }
 
 

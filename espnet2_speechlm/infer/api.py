@@ -24,7 +24,7 @@ The released OpusLM models load the same way, from the directory that
 Face config and tokenizer beside them or in ``base_llm``).  For them (their
 ``speechlm.yaml`` records ``convention: espnet_opuslm``) prompts and decoding
 follow the release: a TTS speaker prompt is a random window of
-``speaker_prompt_frames`` (500) frames, zero rows padding a shorter one; text
+``speaker_prompt_frames`` (500) frames, pad frames filling a shorter one; text
 continuation starts with the text itself (no task prefix); generation follows
 ``infer/opuslm_rules.py``.
 """
@@ -46,7 +46,7 @@ from ..tokenizers.audio import FRAME_RATE, SAMPLE_RATE
 from .beam_search import beam_search
 from .config import GenerationConfig, GenerationResult, SamplingConfig
 from .generate import generate
-from .opuslm_rules import pad_speaker_prompt, speaker_window
+from .opuslm_rules import speaker_window
 
 # a candidate's waveform and the text it should say -> an error, lower is better
 # (n-best TTS; e.g. the WER of an ASR transcript: score.whisper.wer_scorer)
@@ -300,13 +300,12 @@ class SpeechLM:
             cond = {"text": t}
             if s is not None:
                 frames = s if (isinstance(s, np.ndarray) and s.ndim == 2) else self._as_frames(s)
-                if self.release:  # a random window, as the release was trained; zero rows pad a shorter one (below)
+                if self.release:  # a random window, as the release was trained; pad frames fill a shorter one
                     cond["speaker"] = speaker_window(frames, cfg.speaker_prompt_frames, rng)
                 else:
                     cond["speaker"] = frames[: cfg.speaker_prompt_frames]
-            prompt = build_prompt(self.vocab, "tts", cond)
-            if self.release and s is not None:
-                prompt = pad_speaker_prompt(prompt, len(cond["speaker"]), cfg.speaker_prompt_frames)
+            pad_to = cfg.speaker_prompt_frames if self.release else 0
+            prompt = build_prompt(self.vocab, "tts", cond, speaker_prompt_len=pad_to)
             prompts.append(prompt)
         n = max(1, cfg.nbest)
         rep = [p for p in prompts for _ in range(n)]

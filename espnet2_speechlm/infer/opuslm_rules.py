@@ -214,17 +214,6 @@ def speaker_window(frames: np.ndarray, length: int, rng: np.random.Generator) ->
     return frames[start : start + length]
 
 
-def pad_speaker_prompt(prompt: np.ndarray, got: int, length: int) -> np.ndarray:
-    """A TTS prompt whose speaker segment has ``got`` frames, made to hold
-    ``length`` as the release's are: zero rows after the speaker frames.  They
-    go just before the target's start marker, among the all-zero rows that end
-    the segment anyway (``... speaker | 0 x (length - got) | 0 x 8 | marker``)."""
-    if got >= length:
-        return prompt
-    zeros = np.zeros((length - got, prompt.shape[1]), dtype=prompt.dtype)
-    return np.concatenate([prompt[:-1], zeros, prompt[-1:]])
-
-
 @torch.no_grad()
 def generate_release(model, prompts: Sequence[np.ndarray], modality, cfg, input_lens=None):
     """``generate.generate`` for models with the release's convention (same

@@ -52,6 +52,7 @@ init_model=""           # fine-tuning: a trained speech LM (packed / exported mo
 tasks="asr tts textlm audiolm"
 task_ratios="asr:1.0 tts:1.0 textlm:0.5 audiolm:0.25"
 speaker_prompt_len=0    # tts: frames of another utterance of the speaker (0: plain TTS)
+speaker_prompt_pad=false # tts: pad a shorter speaker prompt to speaker_prompt_len (the released OpusLM layout)
 splice_budget=0         # long-form: concatenate utterances of a speaker up to this many frames
 splice_args=""
 
@@ -104,7 +105,7 @@ Options (defaults in brackets):
   --init_model ($init_model: fine-tune this trained speech LM; stage 5 takes its vocab.json, stage 7 starts
       from its weights (model.init=pretrained); pass its --speech_tokenizer and --text_tokenizer too)
   --tasks ($tasks) --task_ratios ($task_ratios) --speaker_prompt_len ($speaker_prompt_len)
-  --splice_budget ($splice_budget) --splice_args ($splice_args)
+  --speaker_prompt_pad ($speaker_prompt_pad) --splice_budget ($splice_budget) --splice_args ($splice_args)
   --train_config ($train_config) --anneal_config ($anneal_config) --anneal_tasks ($anneal_tasks)
   --train_args ($train_args) --anneal_args ($anneal_args)
   --decode_tasks ($decode_tasks) --decode_config_dir ($decode_config_dir) --decode_args ($decode_args)
@@ -308,6 +309,7 @@ splice_one() {  # splice_one SET TASK
         args+=(--utt2spk "${dumpdir}/raw/${dset}/utt2spk")
       fi
       [ "${task}" = tts ] && [ "${speaker_prompt_len}" -gt 0 ] && args+=(--speaker_prompt_len "${speaker_prompt_len}")
+      [ "${task}" = tts ] && [ "${speaker_prompt_len}" -gt 0 ] && [ "${speaker_prompt_pad}" = true ] && args+=(--speaker_prompt_pad)
       [ "${dset}" = "${train_set}" ] && [ "${splice_budget}" -gt 0 ] && args+=(--splice_budget "${splice_budget}") ;;
   esac
   # shellcheck disable=SC2086
@@ -317,7 +319,7 @@ if run_stage 6; then
   begin 6 "task-sequence splicing (${tasks}) -> ${dumpdir}/splice"
   for dset in ${train_set} ${valid_set}; do
     for task in ${tasks}; do
-      sig=$(signature "${task}" "${dset}" "${speaker_prompt_len}" "${splice_budget}" "${splice_args}" "$(md5sum < ${vocab})")
+      sig=$(signature "${task}" "${dset}" "${speaker_prompt_len}" "${speaker_prompt_pad}" "${splice_budget}" "${splice_args}" "$(md5sum < ${vocab})")
       if is_done "6.${dset}_${task}" "${sig}"; then log "  ${dset}_${task}: already done"; continue; fi
       splice_one "${dset}" "${task}"
       mark_done "6.${dset}_${task}" "${sig}"

@@ -91,6 +91,7 @@ else
   data_opts="--num_test 60 --num_dev 30"
 fi
 speaker_prompt_len=150
+speaker_prompt_pad=false
 tts_speaker_prompt=same_speaker
 if [ -n "${released_model}" ]; then
   case ${fast}/${model_size} in
@@ -101,10 +102,10 @@ if [ -n "${released_model}" ]; then
     */7b) conf=conf/opuslm_7b ;;
     *) echo "$0: --model_size must be 1.7b or 7b" >&2; exit 1 ;;
   esac
-  # plain TTS: the release pads a speaker prompt to 500 frames with zero rows, which the splicing
-  # stage does not do; fine-tuning and decoding stay on the plain-TTS template
-  speaker_prompt_len=0
-  tts_speaker_prompt=none
+  # the release's speaker prompts: a 500-frame window of another utterance of the speaker,
+  # pad frames filling a shorter one, in fine-tuning (splicing) and in decoding alike
+  speaker_prompt_len=500
+  speaker_prompt_pad=true
 fi
 
 ./speechlm.sh \
@@ -116,7 +117,7 @@ fi
     --init_model "${pretrained}" \
     --tasks "asr tts" \
     --task_ratios "asr:1.0 tts:1.0" \
-    --speaker_prompt_len "${speaker_prompt_len}" \
+    --speaker_prompt_len "${speaker_prompt_len}" --speaker_prompt_pad "${speaker_prompt_pad}" \
     --train_config "${conf}/finetune.yaml" \
     --decode_tasks "asr tts" \
     --decode_config_dir "${conf}" \
