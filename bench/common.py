@@ -7,6 +7,10 @@ import os
 import sys
 import time
 
+# a benchmark measures the checkout it lives in, not whichever copy of the package
+# is installed (an editable install points at one checkout only)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
