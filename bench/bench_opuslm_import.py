@@ -31,10 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, report  # noqa: E402
+from common import log, report  # noqa: E402  (puts ROOT first on sys.path)
 
 CHILD = r"""
 import json, sys, time
